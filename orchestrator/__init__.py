@@ -1,0 +1,1 @@
+"""patchaas' core: domain, state machine, persistence, service layer, notifications, API and CLI."""

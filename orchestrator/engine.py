@@ -1,0 +1,266 @@
+"""One step of one execution: claim, decide the command, act once on the fleet, decide, save.
+
+This is the only place that turns the pure state machine into effects. Entry points (Celery tasks,
+the embedded runner, tests) call `Engine.advance(execution_id)` and `Engine.tick()`; they decide nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator import executions, machine, notifications
+from orchestrator.fleet import Fleet, FleetError, FleetRefused
+from schemas.fleet import PackageRun, PowerState
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(Protocol):
+    """Hands ids to workers (Celery in production; a list in unit tests)."""
+
+    def advance(self, execution_id: str, delay: float) -> None: ...
+
+    def deliver(self, outbox_id: int) -> None: ...
+
+
+class Hooks(Protocol):
+    """Points between intent, effect and commit where chaos tests crash a worker on purpose."""
+
+    def reached(self, point: str, execution_id: str, step: str) -> None: ...
+
+
+class NoHooks:
+    """Production: nothing happens at the hook points."""
+
+    def reached(self, point: str, execution_id: str, step: str) -> None:
+        return None
+
+
+class StepResult(StrEnum):
+    """What `advance` did."""
+
+    NOT_DUE = "not_due"  # not due, leased by another worker, or already finished: nothing done
+    ADVANCED = "advanced"  # a transition (or a wait) was saved
+    RETRYING = "retrying"  # the fleet failed transiently; the step runs again later
+    CONFLICT = "conflict"  # someone else moved the execution between our read and our save
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's timings (from Settings)."""
+
+    lease: timedelta = timedelta(minutes=5)
+    redrive: timedelta = timedelta(seconds=30)
+    short_countdown: timedelta = timedelta(seconds=5)
+    retry_backoff: timedelta = timedelta(seconds=2)
+    max_backoff: timedelta = timedelta(minutes=5)
+    tick_batch: int = 500
+    email_hold: timedelta = timedelta(minutes=2)
+
+
+def compute_backoff(attempts: int, base: timedelta, cap: timedelta) -> timedelta:
+    """Exponential backoff for the `attempts`th failure of a step, capped."""
+    return min(cap, base * (2 ** max(0, attempts - 1)))
+
+
+class Engine:
+    """Advances executions one durable step at a time."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        fleet: Fleet,
+        dispatcher: Dispatcher,
+        policy: machine.Policy,
+        config: EngineConfig,
+        mailer: notifications.Mailer,
+        mail_from: str,
+        clock: Callable[[], datetime],
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.fleet = fleet
+        self.dispatcher = dispatcher
+        self.policy = policy
+        self.config = config
+        self.mailer = mailer
+        self.mail_from = mail_from
+        self.clock = clock
+        self.hooks = hooks or NoHooks()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def advance(self, execution_id: str) -> StepResult:
+        """Run the current step of `execution_id` if it is due and free."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            row = executions.claim(session, execution_id, self.owner, now, self.config.lease)
+            if row is None:
+                return StepResult.NOT_DUE
+            view = executions.to_view(row)
+            intent = dict(row.intent) if row.intent else None
+        command = machine.command_for(view, now, self.policy)
+        try:
+            event, view = self._perform(command, view, intent)
+        except FleetRefused as refused:
+            event = machine.Abandoned(machine.Outcome.FAILED, str(refused))
+        except FleetError as error:
+            return self._retry_later(view, f"{type(command).__name__}: {error}")
+        if view.version == 0:
+            return StepResult.CONFLICT
+        return self._save(view, event)
+
+    def _save(self, view: machine.ExecutionView, event: machine.Event) -> StepResult:
+        now = self.clock()
+        decision = machine.decide(view, event, now, self.policy)
+        due = decision.next_run_at
+        soon = due is not None and due - now <= self.config.short_countdown
+        dispatched_until = due + self.config.redrive if soon and due is not None else None
+        outbox_ids: list[int] = []
+        with self.sessions.begin() as session:
+            if not executions.save(session, view, decision, self.owner, now, dispatched_until):
+                log.info("execution %s moved under us; dropping our step", view.id)
+                return StepResult.CONFLICT
+            for kind in decision.emails:
+                row = session.get(executions.models.Execution, view.id, populate_existing=True)
+                if row is not None:
+                    queued = notifications.enqueue(session, row, kind, now)
+                    if queued is not None:
+                        outbox_ids.append(queued.id)
+        self.hooks.reached("after_commit", view.id, view.state.value)
+        for outbox_id in outbox_ids:
+            self.dispatcher.deliver(outbox_id)
+        if soon and due is not None:
+            self.dispatcher.advance(view.id, max(0.0, (due - now).total_seconds()))
+        return StepResult.ADVANCED
+
+    def _retry_later(self, view: machine.ExecutionView, error: str) -> StepResult:
+        now = self.clock()
+        retry_at = now + compute_backoff(view.attempts, self.config.retry_backoff, self.config.max_backoff)
+        log.warning("execution %s: %s (attempt %d); retrying at %s", view.id, error, view.attempts, retry_at)
+        with self.sessions.begin() as session:
+            released = executions.release(session, view, self.owner, error, retry_at, now)
+        return StepResult.RETRYING if released else StepResult.CONFLICT
+
+    def _record_intent(self, view: machine.ExecutionView, intent: dict[str, Any]) -> machine.ExecutionView:
+        with self.sessions.begin() as session:
+            version = executions.record_intent(session, view, self.owner, intent)
+        self.hooks.reached("after_intent", view.id, view.state.value)
+        return dataclasses.replace(view, version=version)
+
+    def _perform(
+        self, command: machine.Command, view: machine.ExecutionView, intent: dict[str, Any] | None
+    ) -> tuple[machine.Event, machine.ExecutionView]:
+        """Do the command's one effect (checking the far side first) and say what happened."""
+        fleet, server = self.fleet, view.server
+        match command:
+            case machine.Abandon(outcome=outcome, reason=reason):
+                return machine.Abandoned(outcome, reason), view
+            case machine.InspectServer() | machine.PollServer():
+                return machine.ServerInspected(fleet.status(server)), view
+            case machine.PowerOn(key=key):
+                if fleet.status(server).power_state is not PowerState.STARTED:
+                    view = self._effect(view, key, lambda: fleet.power_on(server, key))
+                return machine.PowerOnRequested(), view
+            case machine.SetMaintenance(on=on, key=key):
+                if fleet.status(server).in_maintenance is not on:
+                    view = self._effect(view, key, lambda: fleet.set_maintenance(server, on, key))
+                return machine.MaintenanceSet(on), view
+            case machine.InvokeUpdatePackage(cycle=cycle, key=key, exclude_kbs=exclude):
+                if fleet.cycle_result(server, key) is None:
+                    run = PackageRun(
+                        package_id=view.package_id,
+                        execution_id=view.id,
+                        cycle=cycle,
+                        exclude_kbs=exclude,
+                        parameters=dict(view.parameters),
+                    )
+                    view = self._effect(view, key, lambda: fleet.invoke_package(server, key, run))
+                return machine.PackageInvoked(), view
+            case machine.FetchCycleResult(key=key):
+                report = fleet.cycle_result(server, key)
+                if report is None:
+                    raise FleetError(f"the server has no record of the package run {key}")
+                return machine.CycleReported(report), view
+            case machine.RebootServer(key=key):
+                status = fleet.status(server)
+                if intent is not None and intent.get("key") == key:
+                    before = str(intent["boot_id_before"])
+                    if status.boot_id != before or not status.up:
+                        return machine.RebootRequested(before), view  # done before we crashed
+                else:
+                    before = status.boot_id
+                view = self._effect(
+                    view, key, lambda: fleet.reboot(server, key), {"key": key, "boot_id_before": before}
+                )
+                return machine.RebootRequested(before), view
+            case machine.PowerOff(key=key):
+                if fleet.status(server).power_state is not PowerState.STOPPED:
+                    view = self._effect(view, key, lambda: fleet.power_off(server, key))
+                return machine.PowerOffRequested(), view
+        raise machine.TransitionError(f"unknown command {command!r}")  # pragma: no cover
+
+    def _effect(
+        self,
+        view: machine.ExecutionView,
+        key: str,
+        act: Callable[[], None],
+        intent: dict[str, Any] | None = None,
+    ) -> machine.ExecutionView:
+        """Intent, effect, hook: the two crash windows are reachable by name."""
+        view = self._record_intent(view, intent or {"key": key})
+        if view.version == 0:
+            return view
+        act()
+        self.hooks.reached("after_effect", view.id, view.state.value)
+        return view
+
+    # --- the tick -----------------------------------------------------------------------------
+
+    def tick(self) -> tuple[int, int]:
+        """Claim due executions and unsent emails and hand them to the dispatcher; (steps, emails)."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            due = executions.claim_due(session, now, self.config.redrive, self.config.tick_batch)
+        for execution_id in due:
+            self.dispatcher.advance(execution_id, 0.0)
+        with self.sessions.begin() as session:
+            emails = notifications.unsent(session, now, self.config.tick_batch)
+        for outbox_id in emails:
+            self.dispatcher.deliver(outbox_id)
+        return len(due), len(emails)
+
+    # --- emails -------------------------------------------------------------------------------
+
+    def deliver(self, outbox_id: int) -> notifications.Delivery:
+        """Send one outbox row if nobody else is sending it; mark it sent, or schedule a retry."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            row = notifications.claim(session, outbox_id, now, self.config.email_hold)
+            if row is None:
+                return notifications.Delivery(outbox_id, sent=False, error="already sent or being sent")
+            message = notifications.build_message(row, self.mail_from)
+            attempts = row.attempts
+        error: str | None = None
+        try:
+            self.mailer.send(message)
+        except Exception as exc:  # any SMTP or socket failure: the row stays queued
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("email %s not sent (attempt %d): %s", outbox_id, attempts, error)
+        self.hooks.reached("after_email", str(outbox_id), "deliver")
+        retry_in = compute_backoff(attempts, self.config.retry_backoff, self.config.max_backoff)
+        with self.sessions.begin() as session:
+            notifications.mark(session, outbox_id, self.clock(), error, retry_in)
+        return notifications.Delivery(outbox_id, sent=error is None, error=error)

@@ -1,0 +1,237 @@
+"""Execution rows: claims, compare-and-set saves, intents, and the tick's due query.
+
+Every write that moves an execution succeeds only from the version it read; zero rows means another
+worker moved it first, and the caller stops quietly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from orchestrator import machine, messages, models
+from schemas.fleet import PowerState
+
+ACTIVE = models.Execution.ended_at.is_(None)
+
+
+def to_view(row: models.Execution) -> machine.ExecutionView:
+    """The state machine's view of a row."""
+    return machine.ExecutionView(
+        id=row.id,
+        server=row.server_name,
+        state=machine.State(row.state),
+        version=row.version,
+        cycle=row.cycle,
+        outcome=machine.Outcome(row.outcome) if row.outcome else None,
+        failure_reason=row.failure_reason,
+        cancel_requested=row.cancel_requested,
+        cancel_reason=row.cancel_reason,
+        cancelled_by=row.cancelled_by,
+        prior_power_state=PowerState(row.prior_power_state) if row.prior_power_state else None,
+        boot_id_before=row.boot_id_before,
+        reboot_reason=row.reboot_reason,
+        deadline_at=row.deadline_at,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        kb_failures=dict(row.kb_failures or {}),
+        installed_kbs=frozenset(row.installed_kbs or ()),
+        quarantined=dict(row.quarantined or {}),
+        installed_count=row.installed_count,
+        package_id=row.package_id,
+        parameters=dict(row.parameters or {}),
+    )
+
+
+def _view_columns(view: machine.ExecutionView) -> dict[str, Any]:
+    return {
+        "state": view.state.value,
+        "cycle": view.cycle,
+        "outcome": view.outcome.value if view.outcome else None,
+        "failure_reason": view.failure_reason,
+        "prior_power_state": view.prior_power_state.value if view.prior_power_state else None,
+        "boot_id_before": view.boot_id_before,
+        "reboot_reason": view.reboot_reason,
+        "deadline_at": view.deadline_at,
+        "attempts": view.attempts,
+        "last_error": view.last_error,
+        "kb_failures": dict(view.kb_failures),
+        "installed_kbs": sorted(view.installed_kbs),
+        "quarantined": dict(view.quarantined),
+        "installed_count": view.installed_count,
+    }
+
+
+def claim(
+    session: Session, execution_id: str, owner: str, now: datetime, lease: timedelta
+) -> models.Execution | None:
+    """Take the step's lease if the execution is due and nobody holds it; count the attempt."""
+    table = models.Execution.__table__
+    result = session.execute(
+        sa.update(table)
+        .where(
+            table.c.id == execution_id,
+            table.c.ended_at.is_(None),
+            table.c.next_run_at <= now,
+            sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
+        )
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            attempts=table.c.attempts + 1,
+            version=table.c.version + 1,
+            updated_at=now,
+        )
+    )
+    if result.rowcount != 1:
+        return None
+    return session.get(models.Execution, execution_id, populate_existing=True)
+
+
+def record_intent(session: Session, view: machine.ExecutionView, owner: str, intent: dict[str, Any]) -> int:
+    """Write "about to do X" before doing it; returns the new version (0 if someone else moved it)."""
+    table = models.Execution.__table__
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.id == view.id, table.c.version == view.version, table.c.lease_owner == owner)
+        .values(intent=intent, version=view.version + 1)
+    )
+    return view.version + 1 if result.rowcount == 1 else 0
+
+
+def release(
+    session: Session, view: machine.ExecutionView, owner: str, error: str, retry_at: datetime, now: datetime
+) -> bool:
+    """A step failed transiently: drop the lease, keep the attempt count, try again at `retry_at`."""
+    table = models.Execution.__table__
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.id == view.id, table.c.version == view.version, table.c.lease_owner == owner)
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            last_error=error[:2000],
+            next_run_at=retry_at,
+            dispatched_until=None,
+            version=view.version + 1,
+            updated_at=now,
+        )
+    )
+    return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A transition that was saved, and the outbox rows it created."""
+
+    outbox_ids: tuple[int, ...]
+
+
+def save(
+    session: Session,
+    old: machine.ExecutionView,
+    decision: machine.Decision,
+    owner: str,
+    now: datetime,
+    dispatched_until: datetime | None,
+) -> bool:
+    """Compare-and-set the decided view from `old.version`, with the cycle's records and the event log."""
+    view = decision.view
+    table = models.Execution.__table__
+    values = _view_columns(view)
+    values.update(
+        version=old.version + 1,
+        next_run_at=decision.next_run_at,
+        dispatched_until=dispatched_until,
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=now,
+    )
+    if old.state is not view.state:
+        values["intent"] = None
+    if view.terminal:
+        values["ended_at"] = now
+        values["end_message"] = messages.execution_end(view.state.value, view.failure_reason)
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.id == old.id, table.c.version == old.version, table.c.lease_owner == owner)
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        return False
+    if decision.initiation is not None:
+        _insert_initiation(session, old.id, decision.initiation)
+    if old.state is not view.state or decision.initiation is not None:
+        session.add(
+            models.ExecutionEvent(
+                execution_id=old.id, at=now, from_state=old.state.value, to_state=view.state.value,
+                cycle=view.cycle, note=decision.note[:4000],
+            )
+        )
+    return True
+
+
+def _insert_initiation(session: Session, execution_id: str, record: machine.InitiationRecord) -> None:
+    initiation = models.Initiation(
+        execution_id=execution_id,
+        cycle=record.cycle,
+        started_at=record.started_at,
+        ended_at=record.ended_at,
+        begin_message=record.begin_message,
+        end_message=record.end_message,
+        updates_found=record.updates_found,
+        reboot_required=record.reboot_required,
+        result_code=record.result_code,
+        hresult=record.hresult,
+    )
+    session.add(initiation)
+    session.flush()
+    session.add_all(
+        models.Patch(
+            execution_id=execution_id,
+            initiation_id=initiation.id,
+            cycle=record.cycle,
+            kb=p.kb,
+            title=p.title,
+            url=p.url,
+            classification=p.classification,
+            result_code=p.result_code,
+            hresult=p.hresult,
+            reboot_required=p.reboot_required,
+            status=p.status,
+            started_at=record.started_at,
+            ended_at=record.ended_at,
+            begin_message=p.begin_message,
+            end_message=p.end_message,
+        )
+        for p in record.patches
+    )
+
+
+def claim_due(session: Session, now: datetime, redrive: timedelta, limit: int) -> Sequence[str]:
+    """The tick: due, unleased, undispatched executions, locked with SKIP LOCKED and marked dispatched."""
+    table = models.Execution.__table__
+    ids = (
+        session.execute(
+            sa.select(table.c.id)
+            .where(
+                table.c.ended_at.is_(None),
+                table.c.next_run_at <= now,
+                sa.or_(table.c.dispatched_until.is_(None), table.c.dispatched_until < now),
+                sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
+            )
+            .order_by(table.c.next_run_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    if ids:
+        session.execute(sa.update(table).where(table.c.id.in_(ids)).values(dispatched_until=now + redrive))
+    return ids

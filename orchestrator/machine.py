@@ -1,0 +1,545 @@
+"""The execution state machine: a pure function of (execution, event).
+
+Nothing here does I/O or imports sqlalchemy, celery, httpx or os. A worker asks `command_for(view, now)`
+what the current state wants done, performs that one command against the fleet (or nothing, for the
+commands that need no I/O), turns the outcome into an event, and asks `decide(view, event, now)` for the
+next view plus the records to write. The persistence layer saves the result with a compare-and-set on
+the version the view was read at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from orchestrator import messages
+from schemas.fleet import CycleReport, CycleState, PowerState, ResultCode, ServerStatus
+
+
+class State(StrEnum):
+    """Where an execution is. Waiting states carry a deadline; terminal states never change."""
+
+    REQUESTED = "requested"  # accepted and persisted; nothing done to the server yet
+    POWERING_ON = "powering_on"  # the server was stopped: ask the control plane to start it
+    AWAITING_POWER = "awaiting_power"  # waiting for the powered-on server to boot
+    ENTERING_MAINTENANCE = "entering_maintenance"  # turn maintenance mode on (alerts off)
+    CHECKING_PENDING_REBOOT = "checking_pending_reboot"  # a reboot pending from before us is done first
+    INVOKING_PACKAGE = "invoking_package"  # start cycle N of the update package (search + install)
+    AWAITING_RESULT = "awaiting_result"  # the package runs on the server; poll its report
+    REBOOTING = "rebooting"  # the cycle (or the pre-check) needs a reboot: ask for it
+    AWAITING_BOOT = "awaiting_boot"  # waiting for the server to come back with a new boot id
+    EXITING_MAINTENANCE = "exiting_maintenance"  # cleanup, every path: maintenance mode off
+    RESTORING_POWER = "restoring_power"  # cleanup: the server was stopped before us: stop it again
+    COMPLETED = "completed"  # terminal: fully patched, nothing left to install
+    FAILED = "failed"  # terminal: with a reason (deadline, quarantined KBs, loop, no convergence…)
+    CANCELLED = "cancelled"  # terminal: an operator cancelled; who and why are recorded
+
+
+class Outcome(StrEnum):
+    """How a run ends; chosen when it enters cleanup, applied when cleanup is done."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL: frozenset[State] = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
+CLEANUP: frozenset[State] = frozenset({State.EXITING_MAINTENANCE, State.RESTORING_POWER})
+WAITING: frozenset[State] = frozenset({State.AWAITING_POWER, State.AWAITING_RESULT, State.AWAITING_BOOT})
+TERMINAL_OF: Mapping[Outcome, State] = {
+    Outcome.COMPLETED: State.COMPLETED,
+    Outcome.FAILED: State.FAILED,
+    Outcome.CANCELLED: State.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The guards of one execution; defaults are the product's, every one is a setting."""
+
+    max_cycles: int = 10
+    reboot_timeout: timedelta = timedelta(minutes=20)
+    package_timeout: timedelta = timedelta(minutes=60)
+    power_timeout: timedelta = timedelta(minutes=20)
+    poll_interval: timedelta = timedelta(seconds=30)
+    max_attempts: int = 5
+    max_kb_failures: int = 2
+
+
+@dataclass(frozen=True)
+class ExecutionView:
+    """An execution as the state machine sees it: plain values, read from its row at `version`."""
+
+    id: str
+    server: str
+    state: State
+    version: int = 0
+    cycle: int = 0
+    outcome: Outcome | None = None
+    failure_reason: str | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    cancelled_by: str | None = None
+    prior_power_state: PowerState | None = None
+    boot_id_before: str | None = None
+    reboot_reason: str | None = None
+    deadline_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    kb_failures: Mapping[str, int] = field(default_factory=dict)
+    installed_kbs: frozenset[str] = frozenset()
+    quarantined: Mapping[str, str] = field(default_factory=dict)
+    installed_count: int = 0
+    package_id: str = ""
+    parameters: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def key(self, step: str) -> str:
+        """The idempotency key of this execution's `step` in the current cycle."""
+        return f"{self.id}:{step}:{self.cycle}"
+
+
+# --- commands: what the current state wants done (orders) -------------------------------------
+
+
+@dataclass(frozen=True)
+class InspectServer:
+    """Read the server's status (power, maintenance, pending reboot)."""
+
+
+@dataclass(frozen=True)
+class PowerOn:
+    """Start the stopped server."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class PollServer:
+    """Read the server's status while waiting for it to boot."""
+
+
+@dataclass(frozen=True)
+class SetMaintenance:
+    """Turn maintenance mode on or off, unless it already is."""
+
+    on: bool
+    key: str
+
+
+@dataclass(frozen=True)
+class InvokeUpdatePackage:
+    """Start cycle `cycle` of the update package, skipping quarantined KBs."""
+
+    cycle: int
+    key: str
+    exclude_kbs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FetchCycleResult:
+    """Read the report of the running cycle."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class RebootServer:
+    """Reboot the server (intent recorded first: the boot id seen before)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class PowerOff:
+    """Stop the server again (it was stopped before the run)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """No I/O: leave the normal path (cancelled, deadline passed, too many attempts)."""
+
+    outcome: Outcome
+    reason: str
+
+
+Command = (
+    InspectServer
+    | PowerOn
+    | PollServer
+    | SetMaintenance
+    | InvokeUpdatePackage
+    | FetchCycleResult
+    | RebootServer
+    | PowerOff
+    | Abandon
+)
+
+
+# --- events: what happened (facts) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerInspected:
+    """The server's status was read."""
+
+    status: ServerStatus
+
+
+@dataclass(frozen=True)
+class PowerOnRequested:
+    """The control plane accepted (or had already done) the power-on."""
+
+
+@dataclass(frozen=True)
+class MaintenanceSet:
+    """Maintenance mode is now `on`."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
+class PackageInvoked:
+    """The cycle is running on the server."""
+
+
+@dataclass(frozen=True)
+class CycleReported:
+    """The package's report for the current cycle (running or finished)."""
+
+    report: CycleReport
+
+
+@dataclass(frozen=True)
+class RebootRequested:
+    """The reboot was asked for; the server had `boot_id_before` until then."""
+
+    boot_id_before: str
+
+
+@dataclass(frozen=True)
+class PowerOffRequested:
+    """The server is stopped again."""
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """The run leaves the normal path with `outcome` for `reason`."""
+
+    outcome: Outcome
+    reason: str
+
+
+Event = (
+    ServerInspected
+    | PowerOnRequested
+    | MaintenanceSet
+    | PackageInvoked
+    | CycleReported
+    | RebootRequested
+    | PowerOffRequested
+    | Abandoned
+)
+
+
+# --- records the decision asks the persistence layer to write -------------------------------
+
+
+@dataclass(frozen=True)
+class PatchRecord:
+    """One update attempted in one cycle."""
+
+    kb: str
+    title: str
+    url: str
+    classification: str
+    result_code: int
+    hresult: int
+    reboot_required: bool
+    status: str  # completed | failed
+    begin_message: str
+    end_message: str
+
+
+@dataclass(frozen=True)
+class InitiationRecord:
+    """One cycle of the update package ("initiation" in the original service)."""
+
+    cycle: int
+    started_at: datetime
+    ended_at: datetime
+    begin_message: str
+    end_message: str
+    updates_found: int
+    reboot_required: bool
+    result_code: int
+    hresult: int
+    patches: tuple[PatchRecord, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next view of the execution, when to act on it, and what to record with the transition."""
+
+    view: ExecutionView
+    next_run_at: datetime | None
+    note: str
+    initiation: InitiationRecord | None = None
+    emails: tuple[str, ...] = ()
+
+
+class TransitionError(Exception):
+    """An event arrived that the current state cannot take: a bug, never a normal path."""
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+
+def command_for(view: ExecutionView, now: datetime, policy: Policy) -> Command:
+    """What the execution's state wants done now."""
+    if view.terminal:
+        raise TransitionError(f"{view.id} is {view.state}: nothing to do")
+    in_cleanup = view.state in CLEANUP
+    if not in_cleanup and view.cancel_requested:
+        who = view.cancelled_by or "an operator"
+        why = f": {view.cancel_reason}" if view.cancel_reason else ""
+        return Abandon(Outcome.CANCELLED, f"cancelled by {who}{why}")
+    if view.attempts > policy.max_attempts:
+        error = f": {view.last_error}" if view.last_error else ""
+        return Abandon(Outcome.FAILED, f"{_STEP_NAMES[view.state]} failed {view.attempts - 1} times{error}")
+    if view.state in WAITING and view.deadline_at is not None and now >= view.deadline_at:
+        return Abandon(Outcome.FAILED, _deadline_reason(view, policy))
+    match view.state:
+        case State.REQUESTED | State.CHECKING_PENDING_REBOOT:
+            return InspectServer()
+        case State.POWERING_ON:
+            return PowerOn(view.key("power_on"))
+        case State.AWAITING_POWER | State.AWAITING_BOOT:
+            return PollServer()
+        case State.ENTERING_MAINTENANCE:
+            return SetMaintenance(True, view.key("maintenance_on"))
+        case State.INVOKING_PACKAGE:
+            return InvokeUpdatePackage(view.cycle, view.key("package"), tuple(sorted(view.quarantined)))
+        case State.AWAITING_RESULT:
+            return FetchCycleResult(view.key("package"))
+        case State.REBOOTING:
+            return RebootServer(view.key("reboot"))
+        case State.EXITING_MAINTENANCE:
+            return SetMaintenance(False, view.key("maintenance_off"))
+        case State.RESTORING_POWER:
+            return PowerOff(view.key("power_off"))
+    raise TransitionError(f"no command for state {view.state}")  # pragma: no cover
+
+
+def decide(view: ExecutionView, event: Event, now: datetime, policy: Policy) -> Decision:
+    """Apply `event` to `view`: the next view, when to act next, and what to record."""
+    if view.terminal:
+        raise TransitionError(f"{view.id} is already {view.state}")
+    fresh = dataclasses.replace(view, attempts=0, last_error=None)
+    if isinstance(event, Abandoned):
+        return _abandon(fresh, event.outcome, event.reason, now)
+    match view.state, event:
+        case State.REQUESTED, ServerInspected(status=status):
+            prior = status.power_state
+            nxt = dataclasses.replace(fresh, prior_power_state=prior)
+            if prior is PowerState.STARTED:
+                return _go(nxt, State.ENTERING_MAINTENANCE, now, "server is started")
+            return _go(nxt, State.POWERING_ON, now, f"server is {prior}: powering it on")
+        case State.POWERING_ON, PowerOnRequested():
+            return _wait(fresh, State.AWAITING_POWER, now, policy.power_timeout, "power-on requested")
+        case State.AWAITING_POWER, ServerInspected(status=status):
+            if status.up:
+                return _go(fresh, State.ENTERING_MAINTENANCE, now, "server is up")
+            return _poll(view, now, policy, "server still starting")
+        case State.ENTERING_MAINTENANCE, MaintenanceSet(on=True):
+            return _go(fresh, State.CHECKING_PENDING_REBOOT, now, "maintenance mode on")
+        case State.CHECKING_PENDING_REBOOT, ServerInspected(status=status):
+            if status.pending_reboot:
+                nxt = dataclasses.replace(fresh, reboot_reason="a reboot was pending before the first cycle")
+                return _go(nxt, State.REBOOTING, now, "reboot pending before the first cycle")
+            return _next_cycle(fresh, now, policy, "no reboot pending")
+        case State.INVOKING_PACKAGE, PackageInvoked():
+            return _wait(fresh, State.AWAITING_RESULT, now, policy.package_timeout, f"cycle {view.cycle} invoked")
+        case State.AWAITING_RESULT, CycleReported(report=report):
+            if report.state is CycleState.RUNNING:
+                return _poll(view, now, policy, f"cycle {view.cycle} still running")
+            return _cycle_finished(fresh, report, now, policy)
+        case State.REBOOTING, RebootRequested(boot_id_before=boot_id):
+            nxt = dataclasses.replace(fresh, boot_id_before=boot_id)
+            return _wait(nxt, State.AWAITING_BOOT, now, policy.reboot_timeout, "reboot requested")
+        case State.AWAITING_BOOT, ServerInspected(status=status):
+            if status.up and status.boot_id != view.boot_id_before:
+                nxt = dataclasses.replace(fresh, boot_id_before=None, reboot_reason=None)
+                return _next_cycle(nxt, now, policy, "server is back")
+            return _poll(view, now, policy, "server still rebooting")
+        case State.EXITING_MAINTENANCE, MaintenanceSet(on=False):
+            if view.prior_power_state not in (None, PowerState.STARTED):
+                return _go(fresh, State.RESTORING_POWER, now, "maintenance mode off")
+            return _finish(fresh, now, "maintenance mode off")
+        case State.RESTORING_POWER, PowerOffRequested():
+            return _finish(fresh, now, f"server returned to {view.prior_power_state}")
+    raise TransitionError(f"{view.state} cannot take {type(event).__name__}")
+
+
+def status_of(state: State) -> str:
+    """The CLC execution status of a state: pending until terminal."""
+    return state.value if state in TERMINAL else "pending"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+_STEP_NAMES: Mapping[State, str] = {
+    State.REQUESTED: "inspecting the server",
+    State.POWERING_ON: "powering the server on",
+    State.AWAITING_POWER: "waiting for the server to start",
+    State.ENTERING_MAINTENANCE: "turning maintenance mode on",
+    State.CHECKING_PENDING_REBOOT: "checking for a pending reboot",
+    State.INVOKING_PACKAGE: "invoking the update package",
+    State.AWAITING_RESULT: "reading the update package's result",
+    State.REBOOTING: "rebooting the server",
+    State.AWAITING_BOOT: "waiting for the server to come back",
+    State.EXITING_MAINTENANCE: "turning maintenance mode off",
+    State.RESTORING_POWER: "powering the server off again",
+}
+
+
+def _deadline_reason(view: ExecutionView, policy: Policy) -> str:
+    match view.state:
+        case State.AWAITING_BOOT:
+            return (
+                f"server {view.server} did not come back within {_span(policy.reboot_timeout)} "
+                f"after the reboot of cycle {view.cycle}"
+            )
+        case State.AWAITING_RESULT:
+            return f"the update package did not finish cycle {view.cycle} within {_span(policy.package_timeout)}"
+        case _:
+            return f"server {view.server} did not start within {_span(policy.power_timeout)}"
+
+
+def _span(delta: timedelta) -> str:
+    return messages.duration(delta)
+
+
+def _go(view: ExecutionView, state: State, now: datetime, note: str) -> Decision:
+    return Decision(dataclasses.replace(view, state=state, deadline_at=None), now, note)
+
+
+def _wait(view: ExecutionView, state: State, now: datetime, timeout: timedelta, note: str) -> Decision:
+    nxt = dataclasses.replace(view, state=state, deadline_at=now + timeout)
+    return Decision(nxt, now, note)
+
+
+def _poll(view: ExecutionView, now: datetime, policy: Policy, note: str) -> Decision:
+    """Stay in the waiting state; look again after the poll interval (never past the deadline)."""
+    at = now + policy.poll_interval
+    if view.deadline_at is not None:
+        at = min(at, view.deadline_at)
+    return Decision(dataclasses.replace(view, attempts=0, last_error=None), at, note)
+
+
+def _next_cycle(view: ExecutionView, now: datetime, policy: Policy, note: str) -> Decision:
+    cycle = view.cycle + 1
+    if cycle > policy.max_cycles:
+        reason = f"updates were still offered after {policy.max_cycles} cycles (no convergence)"
+        return _abandon(view, Outcome.FAILED, reason, now)
+    return _go(dataclasses.replace(view, cycle=cycle), State.INVOKING_PACKAGE, now, f"{note}: cycle {cycle}")
+
+
+def _abandon(view: ExecutionView, outcome: Outcome, reason: str, now: datetime) -> Decision:
+    """Leave the normal path. Outside cleanup: go clean up first; in cleanup: end now."""
+    if view.state in CLEANUP:
+        # cleanup itself cannot be done: end with what the run had decided, plus why cleanup stopped
+        decided = view.outcome or outcome
+        text = "; ".join(r for r in (view.failure_reason, f"cleanup stopped: {reason}") if r)
+        ended = Outcome.FAILED if decided is Outcome.COMPLETED else decided
+        return _finish(dataclasses.replace(view, outcome=ended, failure_reason=text), now, text)
+    nxt = dataclasses.replace(view, outcome=outcome, failure_reason=reason)
+    if view.state is State.REQUESTED:
+        return _finish(nxt, now, reason)
+    return _go(nxt, State.EXITING_MAINTENANCE, now, reason)
+
+
+def _finish(view: ExecutionView, now: datetime, note: str) -> Decision:
+    outcome = view.outcome or Outcome.COMPLETED
+    nxt = dataclasses.replace(view, state=TERMINAL_OF[outcome], outcome=outcome, deadline_at=None)
+    return Decision(nxt, None, note, emails=("end",))
+
+
+def _cycle_finished(view: ExecutionView, report: CycleReport, now: datetime, policy: Policy) -> Decision:
+    """Record the cycle, update the KB ledger, then: done, reboot, or search again."""
+    failures = dict(view.kb_failures)
+    quarantined = dict(view.quarantined)
+    installed = set(view.installed_kbs)
+    patches: list[PatchRecord] = []
+    installed_now = 0
+    for update in report.updates:
+        ok = update.result_code in (ResultCode.SUCCEEDED, ResultCode.SUCCEEDED_WITH_ERRORS)
+        if update.kb in view.installed_kbs and update.kb not in quarantined:
+            quarantined[update.kb] = "update loop: offered again after it was installed"
+        if ok:
+            installed_now += 1
+            installed.add(update.kb)
+        else:
+            failures[update.kb] = failures.get(update.kb, 0) + 1
+            if failures[update.kb] >= policy.max_kb_failures and update.kb not in quarantined:
+                quarantined[update.kb] = (
+                    f"failed {failures[update.kb]} times (last: result code {int(update.result_code)}, "
+                    f"HRESULT {messages.hresult_hex(update.hresult)})"
+                )
+        patches.append(
+            PatchRecord(
+                kb=update.kb,
+                title=update.title,
+                url=update.url,
+                classification=update.classification,
+                result_code=int(update.result_code),
+                hresult=update.hresult,
+                reboot_required=update.reboot_required,
+                status="completed" if ok else "failed",
+                begin_message=messages.patch_begin(update.title),
+                end_message=messages.patch_end(int(update.result_code), update.hresult),
+            )
+        )
+    nothing_left = not report.updates
+    initiation = InitiationRecord(
+        cycle=view.cycle,
+        started_at=report.started_at,
+        ended_at=report.finished_at or now,
+        begin_message=messages.INIT_BEGIN,
+        end_message=messages.init_end([u.url for u in report.updates]),
+        updates_found=len(report.updates),
+        reboot_required=report.reboot_required,
+        result_code=int(report.result_code),
+        hresult=report.hresult,
+        patches=tuple(patches),
+    )
+    nxt = dataclasses.replace(
+        view,
+        kb_failures=failures,
+        quarantined=quarantined,
+        installed_kbs=frozenset(installed),
+        installed_count=view.installed_count + installed_now,
+    )
+    summary = f"cycle {view.cycle}: {len(report.updates)} offered, {installed_now} installed"
+    if report.reboot_required:
+        # a required reboot is done even when some KBs failed
+        nxt = dataclasses.replace(nxt, reboot_reason=f"cycle {view.cycle} requires a reboot")
+        decision = _go(nxt, State.REBOOTING, now, f"{summary}; reboot required")
+    elif nothing_left:
+        if quarantined:
+            reason = messages.quarantine_reason(quarantined)
+            decision = _abandon(nxt, Outcome.FAILED, reason, now)
+        else:
+            decision = _go(dataclasses.replace(nxt, outcome=Outcome.COMPLETED), State.EXITING_MAINTENANCE,
+                           now, f"{summary}; nothing left to install")
+    else:
+        decision = _next_cycle(nxt, now, policy, summary)
+    return dataclasses.replace(decision, initiation=initiation)

@@ -1,0 +1,221 @@
+"""SQLAlchemy models: the only source of truth. Alembic migrations in migrations/ create these tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from orchestrator.db import UTCDateTime
+
+JSONType = sa.JSON()
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention Alembic can rely on."""
+
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Account(Base):
+    """A customer account: alias, home datacenter, who gets the emails."""
+
+    __tablename__ = "accounts"
+
+    alias: Mapped[str] = mapped_column(sa.String(4), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    datacenter: Mapped[str] = mapped_column(sa.String(3))
+    email: Mapped[str] = mapped_column(sa.String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Group(Base):
+    """A server group; groups nest."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    account_alias: Mapped[str] = mapped_column(sa.ForeignKey("accounts.alias"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    datacenter: Mapped[str] = mapped_column(sa.String(3))
+    parent_id: Mapped[str | None] = mapped_column(sa.ForeignKey("groups.id"), index=True)
+
+
+class Server(Base):
+    """A server of the inventory, as last seen by the orchestrator."""
+
+    __tablename__ = "servers"
+
+    name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    account_alias: Mapped[str] = mapped_column(sa.ForeignKey("accounts.alias"), index=True)
+    group_id: Mapped[str | None] = mapped_column(sa.ForeignKey("groups.id"), index=True)
+    datacenter: Mapped[str] = mapped_column(sa.String(3))
+    os_type: Mapped[str] = mapped_column(sa.String(100))
+    power_state: Mapped[str] = mapped_column(sa.String(16), default="started")
+    in_maintenance: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+
+
+class Execution(Base):
+    """One run of the update package on one server: a durable state machine."""
+
+    __tablename__ = "executions"
+    __table_args__ = (
+        # one execution per server at a time
+        sa.Index(
+            "uq_executions_active_server",
+            "server_name",
+            unique=True,
+            postgresql_where=sa.text("ended_at IS NULL"),
+            sqlite_where=sa.text("ended_at IS NULL"),
+        ),
+        sa.Index(
+            "ix_executions_due",
+            "next_run_at",
+            postgresql_where=sa.text("ended_at IS NULL"),
+            sqlite_where=sa.text("ended_at IS NULL"),
+        ),
+        sa.Index("ix_executions_server_created", "server_name", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(10), primary_key=True)
+    server_name: Mapped[str] = mapped_column(sa.ForeignKey("servers.name"))
+    account_alias: Mapped[str] = mapped_column(sa.ForeignKey("accounts.alias"), index=True)
+    package_id: Mapped[str] = mapped_column(sa.String(36))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    requested_by: Mapped[str] = mapped_column(sa.String(200))
+
+    state: Mapped[str] = mapped_column(sa.String(32))
+    outcome: Mapped[str | None] = mapped_column(sa.String(16))
+    version: Mapped[int] = mapped_column(sa.Integer, default=0)
+    cycle: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    dispatched_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(100))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    intent: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    failure_reason: Mapped[str | None] = mapped_column(sa.Text)
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    cancel_reason: Mapped[str | None] = mapped_column(sa.Text)
+    cancelled_by: Mapped[str | None] = mapped_column(sa.String(200))
+    prior_power_state: Mapped[str | None] = mapped_column(sa.String(16))
+    boot_id_before: Mapped[str | None] = mapped_column(sa.String(100))
+    reboot_reason: Mapped[str | None] = mapped_column(sa.Text)
+    kb_failures: Mapped[dict[str, int]] = mapped_column(JSONType, default=dict)
+    installed_kbs: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    quarantined: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    installed_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    begin_message: Mapped[str] = mapped_column(sa.String(200))
+    end_message: Mapped[str | None] = mapped_column(sa.Text)
+
+    initiations: Mapped[list[Initiation]] = relationship(
+        back_populates="execution", order_by="Initiation.cycle", lazy="raise"
+    )
+
+
+class Initiation(Base):
+    """One cycle of the update package on one execution."""
+
+    __tablename__ = "initiations"
+    __table_args__ = (sa.UniqueConstraint("execution_id", "cycle", name="uq_initiations_execution_cycle"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(sa.ForeignKey("executions.id", ondelete="CASCADE"))
+    cycle: Mapped[int] = mapped_column(sa.Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    begin_message: Mapped[str] = mapped_column(sa.String(200))
+    end_message: Mapped[str | None] = mapped_column(sa.Text)
+    updates_found: Mapped[int] = mapped_column(sa.Integer, default=0)
+    reboot_required: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    result_code: Mapped[int] = mapped_column(sa.Integer, default=2)
+    hresult: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+    execution: Mapped[Execution] = relationship(back_populates="initiations", lazy="raise")
+
+
+class Patch(Base):
+    """One update attempted in one cycle, with the vendor's result."""
+
+    __tablename__ = "patches"
+    __table_args__ = (
+        sa.UniqueConstraint("execution_id", "cycle", "kb", name="uq_patches_execution_cycle_kb"),
+        sa.Index("ix_patches_execution", "execution_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(sa.ForeignKey("executions.id", ondelete="CASCADE"))
+    initiation_id: Mapped[int] = mapped_column(sa.ForeignKey("initiations.id", ondelete="CASCADE"))
+    cycle: Mapped[int] = mapped_column(sa.Integer)
+    kb: Mapped[str] = mapped_column(sa.String(16))
+    title: Mapped[str] = mapped_column(sa.String(500))
+    url: Mapped[str] = mapped_column(sa.String(500), default="")
+    classification: Mapped[str] = mapped_column(sa.String(64), default="")
+    result_code: Mapped[int] = mapped_column(sa.Integer)
+    hresult: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    reboot_required: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    begin_message: Mapped[str] = mapped_column(sa.String(600))
+    end_message: Mapped[str | None] = mapped_column(sa.String(200))
+
+
+class ExecutionEvent(Base):
+    """The audit trail: every saved transition, with the machine's note."""
+
+    __tablename__ = "execution_events"
+    __table_args__ = (sa.Index("ix_execution_events_execution", "execution_id", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(sa.ForeignKey("executions.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    from_state: Mapped[str] = mapped_column(sa.String(32))
+    to_state: Mapped[str] = mapped_column(sa.String(32))
+    cycle: Mapped[int] = mapped_column(sa.Integer)
+    note: Mapped[str] = mapped_column(sa.Text)
+
+
+class Outbox(Base):
+    """An email to send after commit; one per (execution, kind), whatever crashes in between."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.UniqueConstraint("execution_id", "kind", name="uq_outbox_execution_kind"),
+        sa.Index(
+            "ix_outbox_unsent", "created_at",
+            postgresql_where=sa.text("sent_at IS NULL"), sqlite_where=sa.text("sent_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(sa.ForeignKey("executions.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    recipient: Mapped[str] = mapped_column(sa.String(320))
+    subject: Mapped[str] = mapped_column(sa.String(300))
+    body: Mapped[str] = mapped_column(sa.Text)
+    message_id: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(sa.Text)

@@ -1,0 +1,118 @@
+"""What the fleet tells the orchestrator: a server's status and one update cycle's report.
+
+The cycle report is also the body the update package posts to the report channel, so it is the
+contract between the orchestrator and whatever runs on the server (simulated or real PowerShell).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import IntEnum, StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class PowerState(StrEnum):
+    """CLC's `details.powerState`."""
+
+    STARTED = "started"  # running
+    STOPPED = "stopped"  # powered off
+    PAUSED = "paused"  # suspended
+
+
+class ResultCode(IntEnum):
+    """WUA `OperationResultCode`: only SUCCEEDED is clean success."""
+
+    NOT_STARTED = 0
+    IN_PROGRESS = 1
+    SUCCEEDED = 2
+    SUCCEEDED_WITH_ERRORS = 3
+    FAILED = 4
+    ABORTED = 5
+
+
+def normalize_hresult(value: int | str | None) -> int:
+    """Return an HRESULT as its unsigned 32-bit value, whether it arrived signed, unsigned or hex."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        text = value.strip().lower()
+        number = int(text, 16) if text.startswith(("0x", "-0x")) else int(text)
+    else:
+        number = int(value)
+    if not -(2**31) <= number < 2**32:
+        raise ValueError(f"HRESULT {value!r} is not a 32-bit value")
+    return number & 0xFFFFFFFF
+
+
+class ServerStatus(BaseModel):
+    """A server as the control plane and the server itself report it right now."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    os_type: str
+    power_state: PowerState
+    in_maintenance: bool
+    up: bool = Field(description="booted and answering (not rebooting, not powered off)")
+    boot_id: str = Field(description="changes at every boot; how we know a reboot happened")
+    pending_reboot: bool = Field(description="WUA SystemInfo.RebootRequired")
+
+
+class PackageRun(BaseModel):
+    """What one invocation of the update package is asked to do (one cycle)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    package_id: str
+    execution_id: str
+    cycle: int = Field(ge=1)
+    exclude_kbs: tuple[str, ...] = ()
+    parameters: dict[str, object] = Field(default_factory=dict)
+
+
+class UpdateResult(BaseModel):
+    """One update found by the search and what its install did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kb: str = Field(pattern=r"^KB\d{6,8}$")
+    title: str = Field(min_length=1, max_length=500)
+    url: str = ""
+    classification: str = "Security Updates"
+    result_code: ResultCode
+    hresult: int = 0
+    reboot_required: bool = False
+
+    @field_validator("hresult", mode="before")
+    @classmethod
+    def _hresult(cls, value: int | str | None) -> int:
+        return normalize_hresult(value)
+
+
+class CycleState(StrEnum):
+    """Where a cycle of the package is."""
+
+    RUNNING = "running"  # search/download/install still going
+    FINISHED = "finished"  # the report below is final
+
+
+class CycleReport(BaseModel):
+    """One cycle of the update package: search + install, the batch result and one result per update."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str = Field(description="idempotency key of the invocation: <execution_id>:cycle:<n>")
+    state: CycleState
+    started_at: datetime
+    finished_at: datetime | None = None
+    updates: tuple[UpdateResult, ...] = ()
+    result_code: ResultCode = ResultCode.SUCCEEDED
+    hresult: int = 0
+    reboot_required: bool = False
+    excluded: tuple[str, ...] = Field(default=(), description="KBs found but skipped by request")
+
+    @field_validator("hresult", mode="before")
+    @classmethod
+    def _hresult(cls, value: int | str | None) -> int:
+        return normalize_hresult(value)

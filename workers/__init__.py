@@ -1,0 +1,1 @@
+"""Background work of patchaas: the Celery workers and the fleet drivers they talk through."""

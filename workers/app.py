@@ -1,0 +1,103 @@
+"""The Celery app: thin tasks (an id in, one step of the service, done) and the beat tick.
+
+`create_app(settings)` builds it; nothing connects at import time. Each worker process builds its own
+container (database engine, fleet driver) lazily on its first task, after the prefork pool has forked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from sqlalchemy.exc import OperationalError
+
+from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestrator.bootstrap import Container
+
+log = logging.getLogger(__name__)
+
+ADVANCE = "patchaas.advance"
+TICK = "patchaas.tick"
+DELIVER_EMAIL = "patchaas.deliver_email"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The settings durability depends on (see docs/ARCHITECTURE.md, "Celery settings")."""
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
+        "task_default_queue": "patchaas",
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": {
+            "patchaas-tick": {"task": TICK, "schedule": settings.tick_seconds, "options": {"expires": 60}},
+        },
+    }
+
+
+def create_app(settings: Settings, container: Callable[[], Container] | None = None) -> Celery:
+    """The Celery app for `settings`; `container` overrides how a process builds its services."""
+    app = Celery("patchaas", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    holder = _ContainerHolder(settings, app, container)
+
+    retry_db = {"autoretry_for": (OperationalError,), "retry_backoff": 1, "retry_backoff_max": 30,
+                "max_retries": 8, "retry_jitter": True}
+
+    @app.task(name=ADVANCE, **retry_db)
+    def advance(execution_id: str) -> str:
+        """Run the current step of one execution."""
+        return holder.get().engine.advance(execution_id).value
+
+    @app.task(name=TICK, **retry_db)
+    def tick() -> str:
+        """Claim due executions and unsent emails; hand them to workers."""
+        steps, emails = holder.get().engine.tick()
+        return f"{steps} steps, {emails} emails"
+
+    @app.task(name=DELIVER_EMAIL, **retry_db)
+    def deliver_email(outbox_id: int) -> str:
+        """Send one email of the outbox."""
+        delivery = holder.get().engine.deliver(outbox_id)
+        return "sent" if delivery.sent else f"not sent: {delivery.error}"
+
+    app.patchaas_holder = holder  # type: ignore[attr-defined]
+    return app
+
+
+class _ContainerHolder:
+    """Builds the process's container once, on first use."""
+
+    def __init__(self, settings: Settings, app: Celery, factory: Callable[[], Container] | None) -> None:
+        self.settings = settings
+        self.app = app
+        self.factory = factory
+        self._container: Container | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Container:
+        if self._container is None:
+            with self._lock:
+                if self._container is None:
+                    if self.factory is not None:
+                        self._container = self.factory()
+                    else:
+                        from orchestrator import bootstrap
+                        from workers.dispatch import CeleryDispatcher
+
+                        self._container = bootstrap.build(self.settings, dispatcher=CeleryDispatcher(self.app))
+        return self._container

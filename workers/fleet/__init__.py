@@ -1,0 +1,1 @@
+"""Fleet drivers: implementations of `orchestrator.fleet.Fleet` (the simulated Windows fleet)."""
