@@ -24,7 +24,7 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 sim_app = typer.Typer(help="The simulated fleet (for demos, tests and benchmarks).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
 
 

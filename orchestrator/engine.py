@@ -67,6 +67,7 @@ class EngineConfig:
     max_backoff: timedelta = timedelta(minutes=5)
     tick_batch: int = 500
     email_hold: timedelta = timedelta(minutes=2)
+    early: timedelta = timedelta(milliseconds=250)
 
 
 def compute_backoff(attempts: int, base: timedelta, cap: timedelta) -> timedelta:
@@ -106,7 +107,7 @@ class Engine:
         """Run the current step of `execution_id` if it is due and free."""
         now = self.clock()
         with self.sessions.begin() as session:
-            row = executions.claim(session, execution_id, self.owner, now, self.config.lease)
+            row = executions.claim(session, execution_id, self.owner, now, self.config.lease, self.config.early)
             if row is None:
                 return StepResult.NOT_DUE
             view = executions.to_view(row)

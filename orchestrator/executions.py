@@ -68,16 +68,18 @@ def _view_columns(view: machine.ExecutionView) -> dict[str, Any]:
 
 
 def claim(
-    session: Session, execution_id: str, owner: str, now: datetime, lease: timedelta
+    session: Session, execution_id: str, owner: str, now: datetime, lease: timedelta,
+    early: timedelta = timedelta(0),
 ) -> models.Execution | None:
-    """Take the step's lease if the execution is due and nobody holds it; count the attempt."""
+    """Take the step's lease if the execution is due (or due within `early`: a countdown message may
+    arrive a hair before its timer) and nobody holds it; count the attempt."""
     table = models.Execution.__table__
     result = session.execute(
         sa.update(table)
         .where(
             table.c.id == execution_id,
             table.c.ended_at.is_(None),
-            table.c.next_run_at <= now,
+            table.c.next_run_at <= now + early,
             sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
         )
         .values(

@@ -14,6 +14,7 @@ from orchestrator.mailsink import MailSink
 
 PG_ADMIN_URL = os.environ.get("PATCHAAS_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PATCHAAS_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("PATCHAAS_TEST_REDIS_DB", "15"))
 
 
 def _pg_database_url(name: str) -> str:
@@ -30,13 +31,14 @@ def pg_url() -> Iterator[str]:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (run `make test`, which starts it): {exc}")
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (`make test` starts it): {exc}")
     url = _pg_database_url(name)
     migrate.upgrade(url)
     yield url
     with admin.connect() as conn:
         conn.exec_driver_sql(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
         )
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
     admin.dispose()
@@ -63,15 +65,15 @@ def pg(pg_url: str) -> str:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A Redis database of our own (15), flushed before and after the test."""
+    """A Redis database of our own (PATCHAAS_TEST_REDIS_DB, default 15), flushed before and after the test."""
     import redis
 
-    client = redis.Redis.from_url(f"{REDIS_URL}/15")
+    client = redis.Redis.from_url(f"{REDIS_URL}/{REDIS_DB}")
     try:
         client.flushdb()
     except redis.exceptions.ConnectionError as exc:
         pytest.fail(f"Redis is not reachable at {REDIS_URL} (run `make test`, which starts it): {exc}")
-    yield f"{REDIS_URL}/15"
+    yield f"{REDIS_URL}/{REDIS_DB}"
     client.flushdb()
     client.close()
 

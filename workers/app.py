@@ -37,7 +37,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
+        "broker_transport_options": _transport_options(settings),
         "task_default_queue": "patchaas",
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -47,6 +47,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "patchaas-tick": {"task": TICK, "schedule": settings.tick_seconds, "options": {"expires": 60}},
         },
     }
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_seconds}
+    if settings.broker_url.startswith("memory://"):
+        options["polling_interval"] = 0.02  # the in-process queue is polled; Redis uses BRPOP instead
+    return options
 
 
 def create_app(settings: Settings, container: Callable[[], Container] | None = None) -> Celery:
