@@ -4,7 +4,6 @@ Settings, for the worker, the API, the CLI, the demo and the tests."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine as SqlEngine
@@ -17,17 +16,39 @@ from orchestrator.service import PatchService
 from orchestrator.settings import Settings
 
 
-@dataclass
 class Container:
-    """Everything a process needs, built once."""
+    """Everything a process needs, built once. The fleet driver and the engine are built on first use:
+    an API process or a Python-API client never needs them."""
 
-    settings: Settings
-    db_engine: SqlEngine
-    sessions: sessionmaker[Session]
-    fleet: Fleet
-    mailer: notifications.Mailer
-    engine: Engine
-    service: PatchService
+    def __init__(
+        self,
+        settings: Settings,
+        db_engine: SqlEngine,
+        sessions: sessionmaker[Session],
+        mailer: notifications.Mailer,
+        service: PatchService,
+        make_engine: Callable[[], tuple[Fleet, Engine]],
+    ) -> None:
+        self.settings = settings
+        self.db_engine = db_engine
+        self.sessions = sessions
+        self.mailer = mailer
+        self.service = service
+        self._make_engine = make_engine
+        self._built: tuple[Fleet, Engine] | None = None
+
+    @property
+    def fleet(self) -> Fleet:
+        return self._wired()[0]
+
+    @property
+    def engine(self) -> Engine:
+        return self._wired()[1]
+
+    def _wired(self) -> tuple[Fleet, Engine]:
+        if self._built is None:
+            self._built = self._make_engine()
+        return self._built
 
     def close(self) -> None:
         """Release connections."""
@@ -72,18 +93,22 @@ def build(
     """Wire a container; anything passed in replaces what settings would build."""
     sql = db.create_engine_for(settings.database_url)
     sessions = db.session_factory(sql)
-    fleet = fleet if fleet is not None else build_fleet(settings)
     mailer = mailer if mailer is not None else build_mailer(settings)
-    engine = Engine(
-        sessions=sessions,
-        fleet=fleet,
-        dispatcher=dispatcher,
-        policy=settings.policy(),
-        config=engine_config(settings),
-        mailer=mailer,
-        mail_from=settings.mail_from,
-        clock=clock,
-        hooks=hooks,
-    )
+
+    def make_engine() -> tuple[Fleet, Engine]:
+        driver = fleet if fleet is not None else build_fleet(settings)
+        engine = Engine(
+            sessions=sessions,
+            fleet=driver,
+            dispatcher=dispatcher,
+            policy=settings.policy(),
+            config=engine_config(settings),
+            mailer=mailer,
+            mail_from=settings.mail_from,
+            clock=clock,
+            hooks=hooks,
+        )
+        return driver, engine
+
     service = PatchService(sessions=sessions, dispatcher=dispatcher, clock=clock)
-    return Container(settings, sql, sessions, fleet, mailer, engine, service)
+    return Container(settings, sql, sessions, mailer, service, make_engine)
