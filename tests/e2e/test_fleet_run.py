@@ -9,8 +9,8 @@ from collections import Counter
 from orchestrator.api import Patchaas
 from orchestrator.mailsink import MailSink
 from orchestrator.settings import Settings
-from tests.e2e.harness import Cluster, active_executions, install_fleet, wait_until
 from schemas.fleet import PowerState
+from tests.e2e.harness import Cluster, active_executions, install_fleet, wait_until
 from workers.fleet import simulated
 from workers.fleet.simulated import Scenario
 
