@@ -96,8 +96,8 @@ def test_a_save_from_a_stale_version_is_refused(world) -> None:
 
 def test_concurrent_ticks_claim_disjoint_sets(world) -> None:
     first, second, fleet, dispatcher, clock, specs = world
-    answers = first.service.execute_package("OSD", [s.name for s in specs], PackageRequest(packageId=DEFAULT_PACKAGE_ID),
-                                            "t")
+    package = PackageRequest(packageId=DEFAULT_PACKAGE_ID)
+    answers = first.service.execute_package("OSD", [s.name for s in specs], package, "t")
     assert all(a.is_queued for a in answers)
     clock.advance(60)  # past the dispatch window set at creation
     with first.sessions.begin() as one, second.sessions.begin() as two:
