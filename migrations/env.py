@@ -12,6 +12,11 @@ config = context.config
 url = config.attributes.get("url") or Settings().database_url
 
 
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """The simulated fleet keeps its own `sim_*` tables in the same database: not ours to migrate."""
+    return not (type_ == "table" and name is not None and name.startswith("sim_"))
+
+
 def run_migrations_offline() -> None:
     context.configure(url=url, target_metadata=Base.metadata, literal_binds=True, render_as_batch=True)
     with context.begin_transaction():
@@ -21,13 +26,15 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                          include_name=include_name)
         with context.begin_transaction():
             context.run_migrations()
         return
     engine = create_engine_for(url)
     with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=True)
+        context.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=True,
+                          include_name=include_name)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

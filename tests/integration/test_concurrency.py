@@ -51,28 +51,63 @@ def _race(*calls):
     return results
 
 
-def test_two_workers_racing_one_transition_one_wins(world) -> None:
+class PauseAt:
+    """Hooks that hold a worker at one point until the test lets it go."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.reached_point = threading.Event()
+        self.release = threading.Event()
+
+    def reached(self, point: str, execution_id: str, step: str) -> None:
+        if point == self.point and not self.reached_point.is_set():
+            self.reached_point.set()
+            assert self.release.wait(10)
+
+
+def test_two_workers_claiming_one_step_at_once_one_wins(world) -> None:
     first, second, fleet, dispatcher, clock, specs = world
     [answer] = first.service.execute_package("OSD", [specs[0].name], PackageRequest(packageId=DEFAULT_PACKAGE_ID), "t")
+    lease = timedelta(seconds=60)
+    for _ in range(20):
+        results = _race(lambda: _claim(first, answer.execution_id, "a", clock(), lease),
+                        lambda: _claim(second, answer.execution_id, "b", clock(), lease))
+        assert sum(r is not None for r in results) == 1, results
+        with first.sessions.begin() as session:  # free the row for the next round
+            session.execute(sa.update(models.Execution).where(models.Execution.id == answer.execution_id)
+                            .values(lease_owner=None, lease_expires_at=None))
+
+
+def _claim(container, execution_id, owner, now, lease):
+    with container.sessions.begin() as session:
+        row = executions.claim(session, execution_id, owner, now, lease)
+        return None if row is None else row.version
+
+
+def test_a_worker_arriving_mid_step_stops_quietly_and_nothing_is_done_twice(world) -> None:
+    first, second, fleet, dispatcher, clock, specs = world
+    name = specs[0].name
+    [answer] = first.service.execute_package("OSD", [name], PackageRequest(packageId=DEFAULT_PACKAGE_ID), "t")
     execution_id = answer.execution_id
-    outcomes_seen: Counter[StepResult] = Counter()
-    for _ in range(40):  # race every step of the run until it ends
-        results = _race(lambda: first.engine.advance(execution_id), lambda: second.engine.advance(execution_id))
-        outcomes_seen.update(results)
-        assert results.count(StepResult.ADVANCED) <= 1, results
-        clock.advance(2)
-        if not support.active(first):
-            break
-    assert not support.active(first)
-    assert outcomes_seen[StepResult.NOT_DUE] >= 1  # the loser saw the lease and stopped quietly
-    installs = [(e.key, e.kb) for e in fleet.effects(specs[0].name, "install")]
-    assert len(installs) == len(set(installs))
-    kinds = Counter(e.kind for e in fleet.effects(specs[0].name))
+    for point in ("after_intent", "after_effect"):
+        # run up to a step with an effect, then hold the first worker inside it
+        while support.executions(first, [execution_id])[0].state not in ("entering_maintenance", "invoking_package"):
+            assert first.engine.advance(execution_id) is StepResult.ADVANCED
+        pause = PauseAt(point)
+        first.engine.hooks = pause
+        holder = threading.Thread(target=first.engine.advance, args=(execution_id,))
+        holder.start()
+        assert pause.reached_point.wait(10)
+        assert second.engine.advance(execution_id) is StepResult.NOT_DUE  # the lease is held
+        pause.release.set()
+        holder.join()
+        first.engine.hooks = type(first.engine.hooks)("none")  # a point that never fires
+    support.drive(first, dispatcher, clock)
+    installs = [(e.key, e.kb) for e in fleet.effects(name, "install")]
+    assert installs and len(installs) == len(set(installs))
+    kinds = Counter(e.kind for e in fleet.effects(name))
     assert kinds["maintenance_on"] == 1 and kinds["maintenance_off"] == 1
-    with first.sessions() as session:
-        cycles = session.scalars(sa.select(models.Initiation.cycle).where(
-            models.Initiation.execution_id == execution_id)).all()
-    assert len(cycles) == len(set(cycles))
+    assert support.executions(first, [execution_id])[0].state == "completed"
 
 
 def test_a_save_from_a_stale_version_is_refused(world) -> None:
