@@ -110,5 +110,6 @@ def build(
         )
         return driver, engine
 
-    service = PatchService(sessions=sessions, dispatcher=dispatcher, clock=clock)
+    service = PatchService(sessions=sessions, dispatcher=dispatcher, clock=clock,
+                           redrive=timedelta(seconds=settings.redrive_seconds))
     return Container(settings, sql, sessions, mailer, service, make_engine)

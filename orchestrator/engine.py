@@ -137,7 +137,7 @@ class Engine:
             for kind in decision.emails:
                 row = session.get(executions.models.Execution, view.id, populate_existing=True)
                 if row is not None:
-                    queued = notifications.enqueue(session, row, kind, now)
+                    queued = notifications.enqueue(session, row, kind, now, self.config.redrive)
                     if queued is not None:
                         outbox_ids.append(queued.id)
         self.hooks.reached("after_commit", view.id, view.state.value)
@@ -238,7 +238,7 @@ class Engine:
         for execution_id in due:
             self.dispatcher.advance(execution_id, 0.0)
         with self.sessions.begin() as session:
-            emails = notifications.unsent(session, now, self.config.tick_batch)
+            emails = notifications.claim_unsent(session, now, self.config.redrive, self.config.tick_batch)
         for outbox_id in emails:
             self.dispatcher.deliver(outbox_id)
         return len(due), len(emails)

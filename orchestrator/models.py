@@ -215,7 +215,33 @@ class Outbox(Base):
     body: Mapped[str] = mapped_column(sa.Text)
     message_id: Mapped[str] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    dispatched_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class User(Base):
+    """A person or script allowed to call the REST API: one account, CLC roles, an argon2 password hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    account_alias: Mapped[str] = mapped_column(sa.ForeignKey("accounts.alias"), index=True)
+    roles: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    password_hash: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Token(Base):
+    """A bearer token, stored as its SHA-256 digest (the token itself is shown once, at login)."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -68,8 +68,11 @@ def message_id(execution_id: str, kind: str) -> str:
     return f"<{execution_id}.{kind}@patchaas>"
 
 
-def enqueue(session: Session, execution: models.Execution, kind: str, now: datetime) -> models.Outbox | None:
-    """Queue the `kind` email of `execution` (start or end) in the caller's transaction; once only."""
+def enqueue(
+    session: Session, execution: models.Execution, kind: str, now: datetime, redrive: timedelta = timedelta(seconds=30)
+) -> models.Outbox | None:
+    """Queue the `kind` email of `execution` (start or end) in the caller's transaction; once only. The
+    caller hands it to a dispatcher after commit; the tick leaves it alone for `redrive`."""
     exists = session.scalar(
         sa.select(models.Outbox.id).where(
             models.Outbox.execution_id == execution.id, models.Outbox.kind == kind
@@ -88,6 +91,7 @@ def enqueue(session: Session, execution: models.Execution, kind: str, now: datet
         body=body,
         message_id=message_id(execution.id, kind),
         created_at=now,
+        dispatched_until=now + redrive,
         attempts=0,
     )
     session.add(row)
@@ -187,19 +191,25 @@ def mark(session: Session, outbox_id: int, now: datetime, error: str | None, ret
     session.execute(sa.update(table).where(table.c.id == outbox_id).values(**values))
 
 
-def unsent(session: Session, now: datetime, limit: int) -> Sequence[int]:
-    """Rows the tick should hand to the dispatcher again."""
+def claim_unsent(session: Session, now: datetime, redrive: timedelta, limit: int) -> Sequence[int]:
+    """Rows the tick should hand to the dispatcher again (not sent, not being sent, not just dispatched);
+    marked dispatched for `redrive` so the next ticks do not send them again meanwhile."""
     table = models.Outbox.__table__
-    return (
+    ids = (
         session.execute(
             sa.select(table.c.id)
             .where(
                 table.c.sent_at.is_(None),
                 sa.or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
+                sa.or_(table.c.dispatched_until.is_(None), table.c.dispatched_until < now),
             )
             .order_by(table.c.id)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
         .scalars()
         .all()
     )
+    if ids:
+        session.execute(sa.update(table).where(table.c.id.in_(ids)).values(dispatched_until=now + redrive))
+    return ids

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -62,10 +62,12 @@ class PatchService:
         sessions: sessionmaker[Session],
         dispatcher: engine_mod.Dispatcher,
         clock: Callable[[], datetime],
+        redrive: timedelta = timedelta(seconds=30),
     ) -> None:
         self.sessions = sessions
         self.dispatcher = dispatcher
         self.clock = clock
+        self.redrive = redrive  # what we dispatch right after commit, the tick leaves alone this long
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -175,7 +177,7 @@ class PatchService:
                 cycle=0,
                 attempts=0,
                 next_run_at=now,
-                dispatched_until=now + engine_mod.EngineConfig().redrive,
+                dispatched_until=now + self.redrive,
                 kb_failures={},
                 installed_kbs=[],
                 quarantined={},
@@ -190,7 +192,7 @@ class PatchService:
                 with session.begin_nested():
                     session.add(execution)
                     session.flush()
-                    outbox = notifications.enqueue(session, execution, "start", now)
+                    outbox = notifications.enqueue(session, execution, "start", now, self.redrive)
             except IntegrityError:
                 continue  # an id collision or a concurrent request for the same server: look again
             return QueuedServer(server=name, is_queued=True, execution_id=execution.id), (

@@ -142,6 +142,7 @@ def upgrade() -> None:
     sa.Column('body', sa.Text(), nullable=False),
     sa.Column('message_id', sa.String(length=200), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('dispatched_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('claimed_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
