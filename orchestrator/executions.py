@@ -158,7 +158,8 @@ def save(
         values["intent"] = None
     if view.terminal:
         values["ended_at"] = now
-        values["end_message"] = messages.execution_end(view.state.value, view.failure_reason)
+        note = view.reboot_reason if view.reboot_reason == machine.REBOOT_SUPPRESSED else None
+        values["end_message"] = messages.execution_end(view.state.value, view.failure_reason, note)
     result = session.execute(
         sa.update(table)
         .where(table.c.id == old.id, table.c.version == old.version, table.c.lease_owner == owner)

@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from orchestrator import messages
 from schemas.fleet import CycleReport, CycleState, PowerState, ResultCode, ServerStatus
+from schemas.selection import PatchSelection, RebootPolicy, selection_of
 
 
 class State(StrEnum):
@@ -99,6 +100,11 @@ class ExecutionView:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def selection(self) -> PatchSelection:
+        """What this run may install and how it reboots (from the package parameters)."""
+        return selection_of(dict(self.parameters))
 
     def key(self, step: str) -> str:
         """The idempotency key of this execution's `step` in the current cycle."""
@@ -327,7 +333,8 @@ def command_for(view: ExecutionView, now: datetime, policy: Policy) -> Command:
         case State.ENTERING_MAINTENANCE:
             return SetMaintenance(True, view.key("maintenance_on"))
         case State.INVOKING_PACKAGE:
-            return InvokeUpdatePackage(view.cycle, view.key("package"), tuple(sorted(view.quarantined)))
+            excluded = set(view.quarantined) | set(view.selection.exclude_kbs)
+            return InvokeUpdatePackage(view.cycle, view.key("package"), tuple(sorted(excluded)))
         case State.AWAITING_RESULT:
             return FetchCycleResult(view.key("package"))
         case State.REBOOTING:
@@ -362,7 +369,8 @@ def decide(view: ExecutionView, event: Event, now: datetime, policy: Policy) -> 
         case State.ENTERING_MAINTENANCE, MaintenanceSet(on=True):
             return _go(fresh, State.CHECKING_PENDING_REBOOT, now, "maintenance mode on")
         case State.CHECKING_PENDING_REBOOT, ServerInspected(status=status):
-            if status.pending_reboot:
+            if status.pending_reboot and not view.selection.scan_only and \
+                    view.selection.reboot_policy is not RebootPolicy.NEVER:
                 nxt = dataclasses.replace(fresh, reboot_reason="a reboot was pending before the first cycle")
                 return _go(nxt, State.REBOOTING, now, "reboot pending before the first cycle")
             return _next_cycle(fresh, now, policy, "no reboot pending")
@@ -378,6 +386,8 @@ def decide(view: ExecutionView, event: Event, now: datetime, policy: Policy) -> 
         case State.AWAITING_BOOT, ServerInspected(status=status):
             if status.up and status.boot_id != view.boot_id_before:
                 nxt = dataclasses.replace(fresh, boot_id_before=None, reboot_reason=None)
+                if view.reboot_reason == FINAL_REBOOT:
+                    return _end_of_updates(nxt, now, "server is back from the final reboot")
                 return _next_cycle(nxt, now, policy, "server is back")
             return _poll(view, now, policy, "server still rebooting")
         case State.EXITING_MAINTENANCE, MaintenanceSet(on=False):
@@ -467,6 +477,17 @@ def _abandon(view: ExecutionView, outcome: Outcome, reason: str, now: datetime) 
     return _go(nxt, State.EXITING_MAINTENANCE, now, reason)
 
 
+FINAL_REBOOT = "final reboot (reboot policy always)"
+REBOOT_SUPPRESSED = "a reboot is pending: the reboot policy is never"
+
+
+def _end_of_updates(view: ExecutionView, now: datetime, note: str) -> Decision:
+    """No more cycles: completed, or failed naming the quarantined KBs; cleanup either way."""
+    if view.quarantined:
+        return _abandon(view, Outcome.FAILED, messages.quarantine_reason(view.quarantined), now)
+    return _go(dataclasses.replace(view, outcome=Outcome.COMPLETED), State.EXITING_MAINTENANCE, now, note)
+
+
 def _finish(view: ExecutionView, now: datetime, note: str) -> Decision:
     outcome = view.outcome or Outcome.COMPLETED
     nxt = dataclasses.replace(view, state=TERMINAL_OF[outcome], outcome=outcome, deadline_at=None)
@@ -509,12 +530,17 @@ def _cycle_finished(view: ExecutionView, report: CycleReport, now: datetime, pol
             )
         )
     nothing_left = not report.updates
+    selection = view.selection
+    if selection.scan_only:
+        patches = [dataclasses.replace(p, status="pending") for p in patches]
+        installed_now = 0
     initiation = InitiationRecord(
         cycle=view.cycle,
         started_at=report.started_at,
         ended_at=report.finished_at or now,
         begin_message=messages.INIT_BEGIN,
-        end_message=messages.init_end([u.url for u in report.updates]),
+        end_message=(messages.scan_end([u.url for u in report.updates]) if selection.scan_only
+                     else messages.init_end([u.url for u in report.updates])),
         updates_found=len(report.updates),
         reboot_required=report.reboot_required,
         result_code=int(report.result_code),
@@ -529,17 +555,22 @@ def _cycle_finished(view: ExecutionView, report: CycleReport, now: datetime, pol
         installed_count=view.installed_count + installed_now,
     )
     summary = f"cycle {view.cycle}: {len(report.updates)} offered, {installed_now} installed"
-    if report.reboot_required:
+    if selection.scan_only:
+        nxt = dataclasses.replace(nxt, outcome=Outcome.COMPLETED, kb_failures=view.kb_failures,
+                                  quarantined=view.quarantined, installed_kbs=view.installed_kbs)
+        decision = _go(nxt, State.EXITING_MAINTENANCE, now, f"scan only: {len(report.updates)} would be installed")
+    elif report.reboot_required and selection.reboot_policy is RebootPolicy.NEVER:
+        nxt = dataclasses.replace(nxt, reboot_reason=REBOOT_SUPPRESSED)
+        decision = _end_of_updates(nxt, now, f"{summary}; reboot required but the reboot policy is never")
+    elif report.reboot_required:
         # a required reboot is done even when some KBs failed
         nxt = dataclasses.replace(nxt, reboot_reason=f"cycle {view.cycle} requires a reboot")
         decision = _go(nxt, State.REBOOTING, now, f"{summary}; reboot required")
+    elif nothing_left and selection.reboot_policy is RebootPolicy.ALWAYS:
+        nxt = dataclasses.replace(nxt, reboot_reason=FINAL_REBOOT)
+        decision = _go(nxt, State.REBOOTING, now, f"{summary}; nothing left: final reboot (reboot policy always)")
     elif nothing_left:
-        if quarantined:
-            reason = messages.quarantine_reason(quarantined)
-            decision = _abandon(nxt, Outcome.FAILED, reason, now)
-        else:
-            decision = _go(dataclasses.replace(nxt, outcome=Outcome.COMPLETED), State.EXITING_MAINTENANCE,
-                           now, f"{summary}; nothing left to install")
+        decision = _end_of_updates(nxt, now, f"{summary}; nothing left to install")
     else:
         decision = _next_cycle(nxt, now, policy, summary)
     return dataclasses.replace(decision, initiation=initiation)

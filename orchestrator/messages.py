@@ -18,6 +18,12 @@ def init_end(urls: Iterable[str]) -> str:
     return f"Updates Downloaded Successfully downloaded {len(found)} updates to install##{' '.join(found)}##"
 
 
+def scan_end(urls: Iterable[str]) -> str:
+    """The end message of a scan-only cycle: what would be installed."""
+    found = list(urls)
+    return f"Scan Complete: {len(found)} updates would be installed##{' '.join(found)}##"
+
+
 def patch_begin(title: str) -> str:
     """The begin message of one patch record."""
     return f"Installing {title}"
@@ -41,10 +47,10 @@ def duration(delta: timedelta) -> str:
     return f"{seconds // 60}m {seconds % 60}s"
 
 
-def execution_end(outcome: str, reason: str | None) -> str:
-    """The execution's end message."""
+def execution_end(outcome: str, reason: str | None, note: str | None = None) -> str:
+    """The execution's end message (a completed run may carry a note, e.g. a reboot left pending)."""
     if outcome == "completed":
-        return EXECUTION_END
+        return f"{EXECUTION_END} ({note})" if note else EXECUTION_END
     if outcome == "cancelled":
         return f"Updating Cancelled: {reason}" if reason else "Updating Cancelled"
     return f"Updating Failed: {reason}" if reason else "Updating Failed"

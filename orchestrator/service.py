@@ -6,7 +6,9 @@ Entry points (Python API, REST, CLI) call these and only translate their answers
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import engine as engine_mod
 from orchestrator import machine, messages, models, naming, notifications, packages
+from schemas import selection
 from schemas.patching import (
     ExecutionDetail,
     ExecutionSummary,
@@ -54,6 +57,32 @@ class Conflict(ServiceError):
     status = 409
 
 
+@dataclass(frozen=True)
+class ServerInfo:
+    """A server of the inventory, and the execution patching it right now (if any)."""
+
+    name: str
+    account_alias: str
+    group_id: str | None
+    datacenter: str
+    os_type: str
+    power_state: str
+    in_maintenance: bool
+    active_execution_id: str | None
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A group, the servers directly in it and its nested groups (recursively)."""
+
+    id: str
+    name: str
+    datacenter: str
+    parent_id: str | None
+    servers: tuple[str, ...]
+    groups: tuple[GroupInfo, ...]
+
+
 class PatchService:
     """Requests and queries on executions."""
 
@@ -79,6 +108,10 @@ class PatchService:
         try:
             pkg = packages.get(package.package_id)
         except packages.UnknownPackage as exc:
+            raise ServiceError(str(exc)) from None
+        try:
+            selection.parse(package.parameters)
+        except ValueError as exc:
             raise ServiceError(str(exc)) from None
         if not servers:
             raise ServiceError("no servers given")
@@ -145,7 +178,10 @@ class PatchService:
         requested_by: str,
         now: datetime,
     ) -> tuple[QueuedServer, int | None]:
-        name = raw.upper()
+        try:
+            name = naming.check_server_name(raw)
+        except naming.NamingError:
+            return QueuedServer(server=raw, is_queued=False, error_message=CLC_NOT_QUEUED), None
         server = session.get(models.Server, name)
         if server is None or server.account_alias != alias:
             return QueuedServer(server=raw, is_queued=False, error_message=CLC_NOT_QUEUED), None
@@ -256,6 +292,87 @@ class PatchService:
                 sa.select(models.Patch).where(models.Patch.execution_id == row.id).order_by(models.Patch.id)
             ).all()
             return _detail(row, list(patches), self.clock())
+
+    def server(self, alias: str, server: str) -> ServerInfo:
+        """One server of the account (two queries: the server, its active execution)."""
+        with self.sessions() as session:
+            row = self._server(session, alias, server)
+            active = session.scalar(
+                sa.select(models.Execution.id).where(
+                    models.Execution.server_name == row.name, models.Execution.ended_at.is_(None)
+                )
+            )
+            return ServerInfo(
+                name=row.name,
+                account_alias=row.account_alias,
+                group_id=row.group_id,
+                datacenter=row.datacenter,
+                os_type=row.os_type,
+                power_state=row.power_state,
+                in_maintenance=row.in_maintenance,
+                active_execution_id=active,
+            )
+
+    def group(self, alias: str, group_id: str) -> GroupInfo:
+        """A group of the account with its nested groups and their servers (two queries, any depth)."""
+        alias = naming.check_alias(alias)
+        try:
+            gid = naming.check_group_id(group_id)
+        except naming.NamingError as exc:
+            raise NotFound(str(exc)) from None
+        with self.sessions() as session:
+            rows = session.execute(
+                sa.select(models.Group.id, models.Group.name, models.Group.datacenter, models.Group.parent_id)
+                .where(models.Group.account_alias == alias)
+                .order_by(models.Group.id)
+            ).all()
+            groups = {r.id: r for r in rows}
+            if gid not in groups:
+                raise NotFound(f"group {group_id} not found")
+            children: dict[str, list[str]] = defaultdict(list)
+            for r in rows:
+                if r.parent_id is not None:
+                    children[r.parent_id].append(r.id)
+            subtree: set[str] = set()
+            frontier = [gid]
+            while frontier:
+                subtree.update(frontier)
+                frontier = [c for g in frontier for c in children[g] if c not in subtree]
+            servers: dict[str, list[str]] = defaultdict(list)
+            for name, in_group in session.execute(
+                sa.select(models.Server.name, models.Server.group_id)
+                .where(models.Server.group_id.in_(subtree), models.Server.account_alias == alias)
+                .order_by(models.Server.name)
+            ):
+                servers[in_group].append(name)
+
+        def build(node: str, seen: frozenset[str]) -> GroupInfo:
+            row = groups[node]
+            return GroupInfo(
+                id=row.id,
+                name=row.name,
+                datacenter=row.datacenter,
+                parent_id=row.parent_id,
+                servers=tuple(servers[node]),
+                groups=tuple(build(c, seen | {c}) for c in children[node] if c not in seen),
+            )
+
+        return build(gid, frozenset({gid}))
+
+    def execution_state(self, alias: str, execution_id: str) -> machine.State:
+        """Where an execution of the account is (one query); the REST queue status is derived from it."""
+        alias = naming.check_alias(alias)
+        try:
+            eid = naming.check_execution_id(execution_id)
+        except naming.NamingError as exc:
+            raise NotFound(str(exc)) from None
+        with self.sessions() as session:
+            row = session.execute(
+                sa.select(models.Execution.state, models.Execution.account_alias).where(models.Execution.id == eid)
+            ).first()
+        if row is None or row.account_alias != alias:
+            raise NotFound(f"execution {execution_id} not found")
+        return machine.State(row.state)
 
     def _server(self, session: Session, alias: str, server: str) -> models.Server:
         try:

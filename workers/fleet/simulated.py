@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
 from orchestrator.fleet import FleetError, FleetRefused
+from schemas import selection
 from schemas.fleet import (
     CycleReport,
     CycleState,
@@ -680,16 +681,24 @@ class SimulatedFleet:
             if not state.up:
                 raise FleetError(f"server {spec.name} is not reachable")
             offered = _search(spec, state)
+            wanted = selection.selection_of(run.parameters)
             skip = set(run.exclude_kbs)
-            excluded = tuple(update.kb for update in offered if update.kb in skip)
+            excluded = tuple(
+                u.kb for u in offered if u.kb in skip or not wanted.admits(u.kb, str(u.classification))
+            )
             results: list[UpdateResult] = []
             for update in offered:
-                if update.kb in skip:
+                if update.kb in excluded:
+                    continue
+                if wanted.scan_only:  # report what would be installed, change nothing
+                    results.append(_scanned(update))
                     continue
                 results.append(_install(spec, state, update))
                 session.record(Effect(spec.name, EffectKind.INSTALL, key, update.kb, now))
             failed = sum(1 for result in results if result.result_code == ResultCode.FAILED)
-            if results and failed == len(results):
+            if wanted.scan_only:
+                code, hresult = ResultCode.NOT_STARTED, 0
+            elif results and failed == len(results):
                 code, hresult = ResultCode.FAILED, HRESULT_ALL_FAILED
             elif failed:
                 code, hresult = ResultCode.SUCCEEDED_WITH_ERRORS, 0
@@ -805,6 +814,14 @@ def _search(spec: SimServerSpec, state: _ServerState) -> list[CatalogUpdate]:
     return sorted(
         (u for u in spec.updates if u.kb not in installed and (open_wave is None or u.wave <= open_wave)),
         key=lambda u: u.wave,
+    )
+
+
+def _scanned(update: CatalogUpdate) -> UpdateResult:
+    """An update found by a scan-only cycle: reported, not installed."""
+    return UpdateResult(
+        kb=update.kb, title=update.title, url=update.url, classification=str(update.classification),
+        result_code=ResultCode.NOT_STARTED, hresult=0, reboot_required=update.reboot_behavior == 1,
     )
 
 
