@@ -87,4 +87,4 @@ def check_execution_id(execution_id: str) -> str:
 
 def new_execution_id(datacenter: str) -> str:
     """A fresh random execution id for a server of `datacenter`; uniqueness is the database's job."""
-    return f"{datacenter.upper()}-{secrets.randbelow(900000) + 100000:06d}"
+    return f"{check_datacenter(datacenter)}-{secrets.randbelow(900000) + 100000:06d}"
