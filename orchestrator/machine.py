@@ -321,8 +321,6 @@ def command_for(view: ExecutionView, now: datetime, policy: Policy) -> Command:
     if view.attempts > policy.max_attempts:
         error = f": {view.last_error}" if view.last_error else ""
         return Abandon(Outcome.FAILED, f"{_STEP_NAMES[view.state]} failed {view.attempts - 1} times{error}")
-    if view.state in WAITING and view.deadline_at is not None and now >= view.deadline_at:
-        return Abandon(Outcome.FAILED, _deadline_reason(view, policy))
     match view.state:
         case State.REQUESTED | State.CHECKING_PENDING_REBOOT:
             return InspectServer()
@@ -395,7 +393,7 @@ def decide(view: ExecutionView, event: Event, now: datetime, policy: Policy) -> 
                 return _go(fresh, State.RESTORING_POWER, now, "maintenance mode off")
             return _finish(fresh, now, "maintenance mode off")
         case State.RESTORING_POWER, PowerOffRequested():
-            return _finish(fresh, now, f"server returned to {view.prior_power_state}")
+            return _finish(fresh, now, f"server powered off again (it was {view.prior_power_state} before the run)")
     raise TransitionError(f"{view.state} cannot take {type(event).__name__}")
 
 
@@ -448,7 +446,11 @@ def _wait(view: ExecutionView, state: State, now: datetime, timeout: timedelta, 
 
 
 def _poll(view: ExecutionView, now: datetime, policy: Policy, note: str) -> Decision:
-    """Stay in the waiting state; look again after the poll interval (never past the deadline)."""
+    """Stay in the waiting state; look again after the poll interval, and a last time at the deadline.
+    Only a look at or after the deadline that still sees the server waiting fails the run."""
+    if view.deadline_at is not None and now >= view.deadline_at:
+        return _abandon(dataclasses.replace(view, attempts=0, last_error=None), Outcome.FAILED,
+                        _deadline_reason(view, policy), now)
     at = now + policy.poll_interval
     if view.deadline_at is not None:
         at = min(at, view.deadline_at)
@@ -458,7 +460,9 @@ def _poll(view: ExecutionView, now: datetime, policy: Policy, note: str) -> Deci
 def _next_cycle(view: ExecutionView, now: datetime, policy: Policy, note: str) -> Decision:
     cycle = view.cycle + 1
     if cycle > policy.max_cycles:
-        reason = f"updates were still offered after {policy.max_cycles} cycles (no convergence)"
+        reason = f"did not converge within {policy.max_cycles} cycles (updates or a reboot were still pending)"
+        if view.quarantined:
+            reason = f"{reason}; {messages.quarantine_reason(view.quarantined)}"
         return _abandon(view, Outcome.FAILED, reason, now)
     return _go(dataclasses.replace(view, cycle=cycle), State.INVOKING_PACKAGE, now, f"{note}: cycle {cycle}")
 
@@ -475,6 +479,30 @@ def _abandon(view: ExecutionView, outcome: Outcome, reason: str, now: datetime) 
     if view.state is State.REQUESTED:
         return _finish(nxt, now, reason)
     return _go(nxt, State.EXITING_MAINTENANCE, now, reason)
+
+
+SEARCH_FAILURES = "<search>"
+
+
+def _search_failed(view: ExecutionView, report: CycleReport, now: datetime, policy: Policy) -> Decision:
+    """The cycle's search or install batch failed before reporting any update: retry the cycle once more,
+    then fail with the HRESULT (never call a failed search "nothing left to install")."""
+    failures = dict(view.kb_failures)
+    failures[SEARCH_FAILURES] = failures.get(SEARCH_FAILURES, 0) + 1
+    code = f"result code {int(report.result_code)}, HRESULT {messages.hresult_hex(report.hresult)}"
+    initiation = InitiationRecord(
+        cycle=view.cycle, started_at=report.started_at, ended_at=report.finished_at or now,
+        begin_message=messages.INIT_BEGIN, end_message=f"Update Search Failed: {code}", updates_found=0,
+        reboot_required=report.reboot_required, result_code=int(report.result_code), hresult=report.hresult,
+        patches=(),
+    )
+    nxt = dataclasses.replace(view, kb_failures=failures)
+    if failures[SEARCH_FAILURES] >= policy.max_kb_failures:
+        decision = _abandon(nxt, Outcome.FAILED, f"the update search failed {failures[SEARCH_FAILURES]} times "
+                            f"(last: {code})", now)
+    else:
+        decision = _next_cycle(nxt, now, policy, f"cycle {view.cycle}: the update search failed ({code})")
+    return dataclasses.replace(decision, initiation=initiation)
 
 
 FINAL_REBOOT = "final reboot (reboot policy always)"
@@ -506,7 +534,7 @@ def _cycle_finished(view: ExecutionView, report: CycleReport, now: datetime, pol
         if update.kb in view.installed_kbs and update.kb not in quarantined:
             quarantined[update.kb] = "update loop: offered again after it was installed"
         if ok:
-            installed_now += 1
+            installed_now += update.kb not in installed
             installed.add(update.kb)
         else:
             failures[update.kb] = failures.get(update.kb, 0) + 1
@@ -531,6 +559,8 @@ def _cycle_finished(view: ExecutionView, report: CycleReport, now: datetime, pol
         )
     nothing_left = not report.updates
     selection = view.selection
+    if nothing_left and report.result_code in (ResultCode.FAILED, ResultCode.ABORTED):
+        return _search_failed(view, report, now, policy)
     if selection.scan_only:
         patches = [dataclasses.replace(p, status="pending") for p in patches]
         installed_now = 0

@@ -209,13 +209,27 @@ def test_server_up_after_power_on_enters_maintenance_and_clears_deadline():
     assert d.view.deadline_at is None
 
 
-def test_power_deadline_fails_the_run_and_cleans_up():
+def test_power_deadline_takes_a_last_look_before_failing():
     v = view(State.AWAITING_POWER, deadline_at=T0, prior_power_state=PowerState.STOPPED)
-    cmd = command_for(v, T0, POLICY)
-    assert cmd == Abandon(Outcome.FAILED, f"server {SERVER} did not start within 20m 0s")
-    d = decide(v, Abandoned(cmd.outcome, cmd.reason), T0, POLICY)
+    assert command_for(v, T0, POLICY) == PollServer()
+
+
+def test_server_still_starting_at_the_power_deadline_fails_the_run_and_cleans_up():
+    v = view(State.AWAITING_POWER, deadline_at=T0, prior_power_state=PowerState.STOPPED)
+    d = decide(v, ServerInspected(status(up=False, power=PowerState.STARTED)), T0, POLICY)
     assert d.view.state is State.EXITING_MAINTENANCE
     assert d.view.outcome is Outcome.FAILED
+    assert d.view.failure_reason == f"server {SERVER} did not start within 20m 0s"
+    assert d.view.deadline_at is None
+    assert d.next_run_at == T0
+
+
+def test_server_up_exactly_at_the_power_deadline_is_not_failed():
+    v = view(State.AWAITING_POWER, deadline_at=T0, prior_power_state=PowerState.STOPPED)
+    d = decide(v, ServerInspected(status(up=True)), T0, POLICY)
+    assert d.view.state is State.ENTERING_MAINTENANCE
+    assert d.view.outcome is None
+    assert d.view.failure_reason is None
     assert d.view.deadline_at is None
 
 
@@ -275,7 +289,7 @@ def test_zero_max_cycles_fails_before_any_cycle():
     d = decide(view(State.CHECKING_PENDING_REBOOT), ServerInspected(status()), T0, Policy(max_cycles=0))
     assert d.view.state is State.EXITING_MAINTENANCE
     assert d.view.outcome is Outcome.FAILED
-    assert "no convergence" in (d.view.failure_reason or "")
+    assert d.view.failure_reason == "did not converge within 0 cycles (updates or a reboot were still pending)"
 
 
 # --- the package ---------------------------------------------------------------------------------
@@ -307,13 +321,28 @@ def test_running_cycle_keeps_waiting_without_recording():
     assert d.initiation is None
 
 
-def test_package_deadline_fails_the_run_and_cleans_up():
+def test_package_deadline_takes_a_last_look_at_the_report():
     v = awaiting_result(cycle=4, deadline_at=T0)
-    cmd = command_for(v, T0 + timedelta(seconds=1), POLICY)
-    assert cmd == Abandon(Outcome.FAILED, "the update package did not finish cycle 4 within 60m 0s")
-    d = decide(v, Abandoned(cmd.outcome, cmd.reason), T0, POLICY)
+    assert command_for(v, T0 + timedelta(seconds=1), POLICY) == FetchCycleResult(f"{EID}:package:4")
+
+
+def test_cycle_still_running_after_the_package_deadline_fails_the_run_and_cleans_up():
+    v = awaiting_result(cycle=4, deadline_at=T0)
+    d = decide(v, CycleReported(report(running=True)), T0 + timedelta(seconds=1), POLICY)
     assert d.view.state is State.EXITING_MAINTENANCE
-    assert d.view.failure_reason == cmd.reason
+    assert d.view.outcome is Outcome.FAILED
+    assert d.view.failure_reason == "the update package did not finish cycle 4 within 60m 0s"
+    assert d.view.deadline_at is None
+    assert d.initiation is None
+
+
+def test_cycle_finished_exactly_at_the_package_deadline_is_recorded_and_not_failed():
+    v = awaiting_result(cycle=4, deadline_at=T0)
+    d = decide(v, CycleReported(report([update("KB5000001")])), T0, POLICY)
+    assert d.view.state is State.INVOKING_PACKAGE
+    assert d.view.cycle == 5
+    assert d.view.outcome is None
+    assert d.initiation is not None and d.initiation.cycle == 4
 
 
 def test_cycle_with_no_updates_completes_via_cleanup():
@@ -365,6 +394,34 @@ def test_successful_updates_are_counted_and_remembered():
     assert d.view.installed_kbs == {"KB5000001", "KB5000002", "KB5000009"}
     assert d.view.kb_failures == {"KB5000003": 1}
     assert d.view.quarantined == {}
+
+
+def test_looping_kb_reported_installed_again_is_not_counted_again():
+    v = awaiting_result(cycle=2, installed_count=1, installed_kbs=frozenset({"KB5000001"}))
+    d = finish_cycle(v, update("KB5000001"), update("KB5000002"))
+    assert d.view.installed_count == 2
+    assert d.view.installed_kbs == {"KB5000001", "KB5000002"}
+    assert d.view.quarantined == {"KB5000001": "update loop: offered again after it was installed"}
+
+
+def test_kb_reported_installed_twice_in_one_cycle_is_counted_once():
+    d = finish_cycle(awaiting_result(), update("KB5000001"), update("KB5000001"))
+    assert d.view.installed_count == 1
+
+
+def test_kb_installed_after_an_earlier_failure_is_counted_once():
+    v = awaiting_result(cycle=2, kb_failures={"KB5000002": 1})
+    d = finish_cycle(v, update("KB5000002"))
+    assert d.view.installed_count == 1
+    assert d.view.installed_kbs == {"KB5000002"}
+
+
+def test_installed_count_of_a_run_counts_each_kb_once():
+    """Cycle 1 installs two KBs, cycle 2 re-reports one of them as installed (a loop) with one new KB."""
+    first = finish_cycle(awaiting_result(cycle=1), update("KB5000001"), update("KB5000002"))
+    second = decide(first.view, PackageInvoked(), T0, POLICY).view
+    d = finish_cycle(second, update("KB5000002"), update("KB5000003"))
+    assert d.view.installed_count == 3
 
 
 def test_kb_failing_once_is_not_quarantined():
@@ -441,8 +498,18 @@ def test_cycle_that_would_exceed_max_cycles_fails_with_no_convergence():
     assert d.view.state is State.EXITING_MAINTENANCE
     assert d.view.outcome is Outcome.FAILED
     assert d.view.cycle == 10
-    assert d.view.failure_reason == "updates were still offered after 10 cycles (no convergence)"
+    assert d.view.failure_reason == "did not converge within 10 cycles (updates or a reboot were still pending)"
     assert d.initiation is not None and d.initiation.cycle == 10
+
+
+def test_no_convergence_reason_names_the_quarantined_kbs():
+    v = awaiting_result(cycle=10, kb_failures={"KB5000002": 1})
+    d = finish_cycle(v, failed("KB5000002", hresult=0x80070643), update("KB5000001"))
+    assert d.view.outcome is Outcome.FAILED
+    assert d.view.failure_reason == (
+        "did not converge within 10 cycles (updates or a reboot were still pending); "
+        "1 update could not be installed: KB5000002 failed 2 times (last: result code 4, HRESULT 0x80070643)"
+    )
 
 
 def test_last_allowed_cycle_may_still_complete():
@@ -452,7 +519,7 @@ def test_last_allowed_cycle_may_still_complete():
 
 def test_max_cycles_is_a_policy_setting():
     d = finish_cycle(awaiting_result(cycle=2), update("KB5000001"), policy=Policy(max_cycles=2))
-    assert d.view.failure_reason == "updates were still offered after 2 cycles (no convergence)"
+    assert d.view.failure_reason == "did not converge within 2 cycles (updates or a reboot were still pending)"
 
 
 def test_reboot_after_the_last_allowed_cycle_fails_with_no_convergence():
@@ -460,7 +527,7 @@ def test_reboot_after_the_last_allowed_cycle_fails_with_no_convergence():
     d = decide(v, ServerInspected(status(boot_id="b2")), T0, POLICY)
     assert d.view.state is State.EXITING_MAINTENANCE
     assert d.view.outcome is Outcome.FAILED
-    assert "no convergence" in (d.view.failure_reason or "")
+    assert d.view.failure_reason == "did not converge within 10 cycles (updates or a reboot were still pending)"
 
 
 # --- initiation and patch records ---------------------------------------------------------------
@@ -545,6 +612,101 @@ def test_patch_that_did_not_succeed_counts_as_a_failure(code: ResultCode):
     assert d.view.kb_failures == {"KB5000002": 1}
 
 
+# --- a failed search ------------------------------------------------------------------------------
+
+SEARCH_HRESULT = 0x8024402C
+
+
+def search_failed(v: ExecutionView, code: ResultCode = ResultCode.FAILED, policy: Policy = POLICY, **kw) -> Decision:
+    return decide(v, CycleReported(report(result_code=code, hresult=SEARCH_HRESULT, **kw)), T0, policy)
+
+
+@pytest.mark.parametrize("code", [ResultCode.FAILED, ResultCode.ABORTED])
+def test_failed_search_is_not_nothing_left_it_starts_the_next_cycle(code: ResultCode):
+    d = search_failed(awaiting_result(cycle=1), code)
+    assert d.view.state is State.INVOKING_PACKAGE
+    assert d.view.cycle == 2
+    assert d.view.outcome is None
+    assert d.view.kb_failures == {"<search>": 1}
+    assert d.view.quarantined == {}
+
+
+@pytest.mark.parametrize("code", [ResultCode.FAILED, ResultCode.ABORTED])
+def test_failed_search_records_an_initiation_with_its_result_code_and_hresult(code: ResultCode):
+    d = search_failed(awaiting_result(cycle=1), code, finished_at=T0 - timedelta(minutes=1))
+    init = d.initiation
+    assert init is not None
+    assert init.cycle == 1
+    assert init.begin_message == "Invoking SUS API"
+    assert init.end_message == f"Update Search Failed: result code {int(code)}, HRESULT 0x8024402C"
+    assert init.updates_found == 0
+    assert init.patches == ()
+    assert init.result_code == int(code)
+    assert init.hresult == SEARCH_HRESULT
+    assert init.ended_at == T0 - timedelta(minutes=1)
+
+
+def test_second_failed_search_fails_the_run_with_the_hresult():
+    v = awaiting_result(cycle=2, kb_failures={"<search>": 1})
+    d = search_failed(v)
+    assert d.view.state is State.EXITING_MAINTENANCE
+    assert d.view.outcome is Outcome.FAILED
+    assert d.view.failure_reason == "the update search failed 2 times (last: result code 4, HRESULT 0x8024402C)"
+    assert d.view.kb_failures == {"<search>": 2}
+    assert d.initiation is not None
+    assert d.initiation.end_message == "Update Search Failed: result code 4, HRESULT 0x8024402C"
+
+
+def test_failed_searches_count_across_successful_cycles():
+    first = search_failed(awaiting_result(cycle=1))
+    ok = finish_cycle(decide(first.view, PackageInvoked(), T0, POLICY).view, update("KB5000001"))
+    d = search_failed(decide(ok.view, PackageInvoked(), T0, POLICY).view)
+    assert d.view.outcome is Outcome.FAILED
+    assert d.view.failure_reason == "the update search failed 2 times (last: result code 4, HRESULT 0x8024402C)"
+
+
+def test_failed_search_at_the_last_allowed_cycle_fails_the_run():
+    d = search_failed(awaiting_result(cycle=POLICY.max_cycles))
+    assert d.view.state is State.EXITING_MAINTENANCE
+    assert d.view.outcome is Outcome.FAILED
+    assert d.initiation is not None and d.initiation.end_message.startswith("Update Search Failed: ")
+
+
+def test_failed_search_threshold_is_the_kb_failure_policy_setting():
+    d = search_failed(awaiting_result(cycle=1, kb_failures={"<search>": 1}), policy=Policy(max_kb_failures=3))
+    assert d.view.state is State.INVOKING_PACKAGE
+    assert d.view.kb_failures == {"<search>": 2}
+
+
+def test_failed_search_keeps_the_kb_ledger():
+    v = awaiting_result(
+        cycle=3, kb_failures={"KB5000002": 1}, installed_kbs=frozenset({"KB5000001"}), installed_count=1
+    )
+    d = search_failed(v)
+    assert d.view.kb_failures == {"KB5000002": 1, "<search>": 1}
+    assert d.view.installed_kbs == {"KB5000001"}
+    assert d.view.installed_count == 1
+
+
+def test_failed_batch_that_reported_updates_is_not_a_failed_search():
+    d = decide(
+        awaiting_result(cycle=1),
+        CycleReported(report([failed("KB5000002")], result_code=ResultCode.FAILED, hresult=SEARCH_HRESULT)),
+        T0,
+        POLICY,
+    )
+    assert "<search>" not in d.view.kb_failures
+    assert d.view.kb_failures == {"KB5000002": 1}
+    assert d.initiation is not None and [p.kb for p in d.initiation.patches] == ["KB5000002"]
+
+
+@pytest.mark.parametrize("code", [ResultCode.SUCCEEDED, ResultCode.SUCCEEDED_WITH_ERRORS])
+def test_empty_search_that_did_not_fail_completes(code: ResultCode):
+    d = search_failed(awaiting_result(cycle=1), code)
+    assert d.view.outcome is Outcome.COMPLETED
+    assert "<search>" not in d.view.kb_failures
+
+
 # --- reboot -------------------------------------------------------------------------------------
 
 
@@ -600,16 +762,36 @@ def test_server_back_with_a_new_boot_id_starts_the_next_cycle():
     assert d.view.deadline_at is None
 
 
-def test_reboot_deadline_fails_the_run_and_cleans_up():
+def test_reboot_deadline_takes_a_last_look_at_the_server():
     v = view(State.AWAITING_BOOT, cycle=2, boot_id_before="b1", deadline_at=T0)
-    cmd = command_for(v, T0 + timedelta(minutes=1), POLICY)
-    assert cmd == Abandon(
-        Outcome.FAILED, f"server {SERVER} did not come back within 20m 0s after the reboot of cycle 2"
-    )
-    d = decide(v, Abandoned(cmd.outcome, cmd.reason), T0 + timedelta(minutes=1), POLICY)
+    assert command_for(v, T0 + timedelta(minutes=1), POLICY) == PollServer()
+
+
+def test_server_not_back_after_the_reboot_deadline_fails_the_run_and_cleans_up():
+    v = view(State.AWAITING_BOOT, cycle=2, boot_id_before="b1", deadline_at=T0)
+    d = decide(v, ServerInspected(status(up=False, boot_id="b1")), T0 + timedelta(minutes=1), POLICY)
     assert d.view.state is State.EXITING_MAINTENANCE
     assert d.view.outcome is Outcome.FAILED
-    assert d.view.failure_reason == cmd.reason
+    assert d.view.failure_reason == f"server {SERVER} did not come back within 20m 0s after the reboot of cycle 2"
+    assert d.view.deadline_at is None
+
+
+def test_server_up_with_the_old_boot_id_at_the_reboot_deadline_fails_the_run():
+    v = view(State.AWAITING_BOOT, cycle=2, boot_id_before="b1", deadline_at=T0)
+    d = decide(v, ServerInspected(status(up=True, boot_id="b1")), T0, POLICY)
+    assert d.view.outcome is Outcome.FAILED
+    assert d.view.state is State.EXITING_MAINTENANCE
+
+
+def test_server_back_exactly_at_the_reboot_deadline_is_not_failed():
+    v = view(
+        State.AWAITING_BOOT, cycle=2, boot_id_before="b1", reboot_reason="cycle 2 requires a reboot", deadline_at=T0
+    )
+    d = decide(v, ServerInspected(status(up=True, boot_id="b2")), T0, POLICY)
+    assert d.view.state is State.INVOKING_PACKAGE
+    assert d.view.cycle == 3
+    assert d.view.outcome is None
+    assert d.view.failure_reason is None
     assert d.view.deadline_at is None
 
 
@@ -651,12 +833,40 @@ def test_waiting_state_before_its_deadline_does_its_normal_command(state: State)
     assert not isinstance(command_for(v, T0, POLICY), Abandon)
 
 
+@pytest.mark.parametrize("late", [timedelta(0), timedelta(hours=2)], ids=["at", "after"])
 @pytest.mark.parametrize("state", sorted(WAITING))
-def test_waiting_state_at_its_deadline_abandons_as_failed(state: State):
+def test_waiting_state_at_or_after_its_deadline_still_does_its_normal_command(state: State, late: timedelta):
     v = view(state, cycle=1, deadline_at=T0)
-    cmd = command_for(v, T0, POLICY)
-    assert isinstance(cmd, Abandon)
-    assert cmd.outcome is Outcome.FAILED
+    assert command_for(v, T0 + late, POLICY) == command_for(dataclasses.replace(v, deadline_at=None), T0, POLICY)
+
+
+STILL_WAITING = [
+    (State.AWAITING_POWER, ServerInspected(status(up=False))),
+    (State.AWAITING_BOOT, ServerInspected(status(up=False))),
+    (State.AWAITING_RESULT, CycleReported(report(running=True))),
+]
+
+
+@pytest.mark.parametrize("late", [timedelta(0), timedelta(hours=2)], ids=["at", "after"])
+@pytest.mark.parametrize(("state", "event"), STILL_WAITING, ids=[s.value for s, _ in STILL_WAITING])
+def test_look_at_or_after_the_deadline_that_still_sees_waiting_fails_the_run(state: State, event, late: timedelta):
+    v = view(state, cycle=1, boot_id_before="b1", deadline_at=T0, attempts=2, last_error="HTTP 503")
+    d = decide(v, event, T0 + late, POLICY)
+    assert d.view.state is State.EXITING_MAINTENANCE
+    assert d.view.outcome is Outcome.FAILED
+    assert d.view.deadline_at is None
+    assert d.view.attempts == 0 and d.view.last_error is None
+    assert d.next_run_at == T0 + late
+    assert d.emails == ()
+
+
+@pytest.mark.parametrize(("state", "event"), STILL_WAITING, ids=[s.value for s, _ in STILL_WAITING])
+def test_look_just_before_the_deadline_that_still_sees_waiting_polls_at_the_deadline(state: State, event):
+    v = view(state, cycle=1, boot_id_before="b1", deadline_at=T0)
+    d = decide(v, event, T0 - timedelta(microseconds=1), POLICY)
+    assert d.view.state is state
+    assert d.view.outcome is None
+    assert d.next_run_at == T0
 
 
 def test_waiting_state_without_a_deadline_keeps_polling():
@@ -665,9 +875,9 @@ def test_waiting_state_without_a_deadline_keeps_polling():
 
 def test_deadline_timeouts_are_policy_settings():
     policy = Policy(reboot_timeout=timedelta(minutes=7, seconds=3))
-    cmd = command_for(view(State.AWAITING_BOOT, cycle=1, deadline_at=T0), T0, policy)
-    assert isinstance(cmd, Abandon)
-    assert "within 7m 3s" in cmd.reason
+    v = view(State.AWAITING_BOOT, cycle=1, boot_id_before="b1", deadline_at=T0)
+    d = decide(v, ServerInspected(status(up=False)), T0, policy)
+    assert d.view.failure_reason == f"server {SERVER} did not come back within 7m 3s after the reboot of cycle 1"
 
 
 def test_deadline_is_ignored_outside_waiting_states():
@@ -863,9 +1073,16 @@ def test_power_off_ends_the_run_with_its_outcome():
     v = view(State.RESTORING_POWER, outcome=Outcome.COMPLETED, prior_power_state=PowerState.STOPPED)
     d = decide(v, PowerOffRequested(), T0, POLICY)
     assert d.view.state is State.COMPLETED
-    assert d.note == "server returned to stopped"
+    assert d.note == "server powered off again (it was stopped before the run)"
     assert d.emails == ("end",)
     assert d.next_run_at is None
+
+
+def test_power_off_note_names_the_prior_power_state_of_a_paused_server():
+    v = view(State.RESTORING_POWER, outcome=Outcome.FAILED, prior_power_state=PowerState.PAUSED)
+    d = decide(v, PowerOffRequested(), T0, POLICY)
+    assert d.view.state is State.FAILED
+    assert d.note == "server powered off again (it was paused before the run)"
 
 
 def test_powered_off_server_path_restores_power_at_the_end():
