@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import db, notifications
+from orchestrator import db, faults, notifications
 from orchestrator.engine import Dispatcher, Engine, EngineConfig, Hooks
 from orchestrator.fleet import Fleet
 from orchestrator.service import PatchService
@@ -63,6 +63,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         short_countdown=timedelta(seconds=settings.short_countdown_seconds),
         retry_backoff=timedelta(seconds=settings.retry_backoff_seconds),
         tick_batch=settings.tick_batch,
+        email_hold=timedelta(seconds=settings.email_hold_seconds),
+        db_retry=timedelta(seconds=settings.db_retry_seconds),
     )
 
 
@@ -72,7 +74,11 @@ def build_fleet(settings: Settings) -> Fleet:
         from workers.fleet import factory
 
         return factory.simulated_from_settings(settings)
-    raise ValueError(f"unknown fleet driver {settings.fleet!r} (PATCHAAS_FLEET); known: simulated")
+    if settings.fleet == "clc":
+        from workers.fleet import clc
+
+        return clc.ClcFleet.from_settings(settings)
+    raise ValueError(f"unknown fleet driver {settings.fleet!r} (PATCHAAS_FLEET); known: simulated, clc")
 
 
 def build_mailer(settings: Settings) -> notifications.Mailer:
@@ -97,6 +103,7 @@ def build(
 
     def make_engine() -> tuple[Fleet, Engine]:
         driver = fleet if fleet is not None else build_fleet(settings)
+        crash_hooks = hooks if hooks is not None else faults.hooks_from_settings(settings)  # chaos tests only
         engine = Engine(
             sessions=sessions,
             fleet=driver,
@@ -106,7 +113,7 @@ def build(
             mailer=mailer,
             mail_from=settings.mail_from,
             clock=clock,
-            hooks=hooks,
+            hooks=crash_hooks,
         )
         return driver, engine
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +18,11 @@ from rich.table import Table
 
 from orchestrator import naming
 from orchestrator.settings import DEFAULT_PACKAGE_ID, Settings
+
+if TYPE_CHECKING:
+    from orchestrator.auth import AuthService
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Patching-as-a-Service: durable multi-reboot patching of a server fleet.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -227,6 +233,174 @@ def cancel(alias: Annotated[str, typer.Argument()], server: Annotated[str, typer
     finally:
         patching.close()
     console.print(f"{item.execution_id}: cancel requested by {item.cancelled_by} (state {item.state})")
+
+
+# --- the REST API, its accounts and users ---------------------------------------------------
+
+account_app = typer.Typer(help="Customer accounts.", no_args_is_help=True)
+user_app = typer.Typer(help="Users of the REST API.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(user_app, name="user")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _database_problem(exc: Exception, url: str) -> typer.Exit:
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0:1] or [type(exc).__name__]
+    return _fail(f"database {url}: {first[0]} (is it up, and migrated with `patchaas db upgrade`?)")
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 8080,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes", min=1, max=64)] = 1,
+    log_level: Annotated[str, typer.Option(help=f"uvicorn log level: {', '.join(LOG_LEVELS)}")] = "info",
+) -> None:
+    """Serve the REST API (CLC v2 contract; OpenAPI at /openapi.json) with uvicorn."""
+    import sqlalchemy as sa
+    import uvicorn
+
+    from orchestrator import db
+
+    if log_level.lower() not in LOG_LEVELS:
+        raise _fail(f"unknown log level {log_level!r}; known: {', '.join(LOG_LEVELS)}", 2)
+    settings = Settings()
+    if settings.broker_url.startswith("memory://"):
+        raise _fail("the API hands work to the workers through a shared broker: set PATCHAAS_BROKER_URL "
+                    "(e.g. redis://127.0.0.1:6379/0)", 2)
+    sql = db.create_engine_for(settings.database_url)
+    try:
+        with sql.connect() as conn:
+            migrated = sa.inspect(conn).has_table("tokens")
+    except sa.exc.SQLAlchemyError as exc:
+        raise _database_problem(exc, settings.database_url) from None
+    finally:
+        sql.dispose()
+    if not migrated:
+        raise _fail(f"the database {settings.database_url} has no users and tokens yet: run `patchaas db upgrade`")
+    uvicorn.run("orchestrator.rest:build_app_from_settings", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level.lower())
+
+
+def _auth_call(action: Callable[[AuthService], T]) -> T:
+    """Run `action` on an AuthService over PATCHAAS_DATABASE_URL; refusals and database trouble exit cleanly."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from orchestrator import db
+    from orchestrator.auth import AuthService
+    from orchestrator.service import ServiceError
+
+    settings = Settings()
+    sql = db.create_engine_for(settings.database_url)
+    try:
+        service = AuthService(db.session_factory(sql), db.utcnow, timedelta(seconds=settings.token_ttl_seconds))
+        return action(service)
+    except ServiceError as exc:
+        raise _fail(exc.message, 1 if exc.status == 409 else 2) from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise _database_problem(exc, settings.database_url) from None
+    finally:
+        sql.dispose()
+
+
+@account_app.command("create")
+def account_create(
+    alias: Annotated[str, typer.Argument(help="account alias: 2 to 4 letters or digits")],
+    name: Annotated[str, typer.Option(help="the customer's name")],
+    datacenter: Annotated[str, typer.Option(help="home datacenter, e.g. VA1")],
+    email: Annotated[str, typer.Option(help="who gets the patching emails")],
+) -> None:
+    """Create a customer account."""
+    created = _auth_call(lambda auth: auth.create_account(alias, name, datacenter, email))
+    console.print(f"account {created} created")
+
+
+@user_app.command("create")
+def user_create(
+    username: Annotated[str, typer.Argument(help="login name (case-insensitive)")],
+    alias: Annotated[str, typer.Option(help="the user's account alias")],
+    role: Annotated[list[str] | None, typer.Option(help="a CLC role, repeatable (ServerAdmin, AccountViewer…)")] = None,
+    password: Annotated[str | None, typer.Option(help="the password (shows in the process list: prefer stdin)")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+) -> None:
+    """Create a user of the REST API; the password is stored as an argon2 hash."""
+    from orchestrator.auth import ROLES
+
+    if not role:
+        raise _fail(f"give at least one --role; known: {', '.join(sorted(ROLES))}", 2)
+    if password is not None and password_stdin:
+        raise _fail("give --password or --password-stdin, not both", 2)
+    if password_stdin:
+        password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    elif password is None:
+        if not sys.stdin.isatty():
+            raise _fail("give --password-stdin (or --password)", 2)
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise _fail("the password is empty", 2)
+    secret = password
+    created = _auth_call(lambda auth: auth.create_user(username, alias, role, secret))
+    console.print(f"user {created.username} of account {created.account_alias} created "
+                  f"(roles: {', '.join(created.roles)})")
+
+
+@app.command()
+def simulator(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8777,
+    seed: Annotated[int, typer.Option(help="seeds the fleet it creates and the fault rolls")] = 7,
+    servers: Annotated[
+        int | None,
+        typer.Option(help="create a new fleet of N servers (replacing a shared one); default: attach to "
+                          "PATCHAAS_SIM_STATE_URL's fleet, or 20 servers in memory"),
+    ] = None,
+    alias: Annotated[str, typer.Option(help="account alias of the fleet and of the user")] = "OSD",
+    username: Annotated[str | None, typer.Option(help="login user (default: PATCHAAS_CLC_USERNAME, patchaas)")] = None,
+    password: Annotated[str | None, typer.Option(help="password (default: PATCHAAS_CLC_PASSWORD, patchaas)")] = None,
+    timings: Annotated[str | None, typer.Option(help="instant | demo (default PATCHAAS_SIM_TIMINGS)")] = None,
+    fault_5xx_rate: Annotated[float, typer.Option(help="share of requests answered 500/502/503")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="added to every CLC request")] = 0.0,
+    drop_rate: Annotated[float, typer.Option(help="share of connections closed without an answer")] = 0.0,
+    token_ttl: Annotated[float, typer.Option(help="seconds a bearer token lives (CLC: 2 weeks)")] = 14 * 24 * 3600.0,
+    after_effect_share: Annotated[float, typer.Option(help="share of 5xx/drops that strike after the effect")] = 0.5,
+    log_level: Annotated[str, typer.Option()] = "warning",
+) -> None:
+    """Serve a CLC API v2 subset over the simulated fleet, with fault injection (see docs/CLC_SIMULATOR.md)."""
+    from workers.fleet import clc_simulator, factory
+
+    settings = Settings()
+    try:
+        alias = naming.check_alias(alias)
+        faults = clc_simulator.Faults(error_rate=fault_5xx_rate, latency_ms=latency_ms, drop_rate=drop_rate,
+                                      token_ttl_seconds=token_ttl, after_effect_share=after_effect_share, seed=seed)
+        sim_timings = factory.timings_for(settings.model_copy(update={"sim_timings": timings or settings.sim_timings}))
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    fleet = clc_simulator.fleet_for(settings.sim_state_url, seed, servers, alias, sim_timings)
+    user = username or settings.clc_username or "patchaas"
+    secret = password or (settings.clc_password.get_secret_value() if settings.clc_password else "patchaas")
+    users = clc_simulator.users_from({user: secret}, alias)
+    where = settings.sim_state_url or "memory"
+    err.print(f"CLC simulator on http://{host}:{port}: {len(fleet.specs())} servers ({where}), user {user}, "
+              f"5xx {fault_5xx_rate:g}, latency {latency_ms:g} ms, drops {drop_rate:g}, token ttl {token_ttl:g}s")
+    clc_simulator.serve(clc_simulator.create_app(fleet, users, faults), host, port, log_level)
+
+
+@app.command()
+def flower(
+    address: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 5555,
+) -> None:
+    """Watch workers and tasks in Flower (tasks are named patchaas.advance / tick / deliver_email and carry the
+    execution id; workers send events because they run with -E)."""
+    from workers.app import create_app
+
+    settings = Settings()
+    if settings.broker_url.startswith("memory://"):
+        raise _fail("Flower watches a shared broker: set PATCHAAS_BROKER_URL", 2)
+    create_app(settings).start(["flower", f"--address={address}", f"--port={port}"])
 
 
 def main() -> None:

@@ -15,15 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from orchestrator import executions, machine, notifications
+from orchestrator import batch, executions, machine, notifications
 from orchestrator.fleet import Fleet, FleetError, FleetRefused
 from schemas.fleet import PackageRun, PowerState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Dispatcher(Protocol):
@@ -68,11 +71,30 @@ class EngineConfig:
     tick_batch: int = 500
     email_hold: timedelta = timedelta(minutes=2)
     early: timedelta = timedelta(milliseconds=250)
+    db_retry: timedelta = timedelta(seconds=20)  # a transaction retries a database blip this long
 
 
 def compute_backoff(attempts: int, base: timedelta, cap: timedelta) -> timedelta:
     """Exponential backoff for the `attempts`th failure of a step, capped."""
     return min(cap, base * (2 ** max(0, attempts - 1)))
+
+
+def is_db_blip(error: BaseException) -> bool:
+    """A database error that a retry can outlive: connection refused or cut, server restarting,
+    serialization failure or deadlock (all OperationalError), a connection already closed (InterfaceError)."""
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
+
+
+class _EffectFailed(Exception):
+    """The effect's call failed after its intent was committed: `view` carries the version that intent
+    wrote, so the step can be released (or failed) from the version the database really holds."""
+
+    def __init__(self, view: machine.ExecutionView, error: Exception) -> None:
+        super().__init__(str(error))
+        self.view = view
+        self.error = error
 
 
 class Engine:
@@ -106,22 +128,48 @@ class Engine:
     def advance(self, execution_id: str) -> StepResult:
         """Run the current step of `execution_id` if it is due and free."""
         now = self.clock()
-        with self.sessions.begin() as session:
+
+        def claim(session: Session) -> tuple[machine.ExecutionView, dict[str, Any] | None] | None:
             row = executions.claim(session, execution_id, self.owner, now, self.config.lease, self.config.early)
             if row is None:
-                return StepResult.NOT_DUE
-            view = executions.to_view(row)
-            intent = dict(row.intent) if row.intent else None
+                return None
+            return executions.to_view(row), (dict(row.intent) if row.intent else None)
+
+        claimed = self._tx(claim)
+        if claimed is None:
+            return StepResult.NOT_DUE
+        view, intent = claimed
         command = machine.command_for(view, now, self.policy)
         try:
             event, view = self._perform(command, view, intent)
+        except _EffectFailed as failed:  # the intent moved the version: release from the new one
+            view, error = failed.view, failed.error
+            if not isinstance(error, FleetRefused):
+                return self._retry_later(view, f"{type(command).__name__}: {_describe(error)}", error)
+            event = machine.Abandoned(machine.Outcome.FAILED, str(error))
         except FleetRefused as refused:
             event = machine.Abandoned(machine.Outcome.FAILED, str(refused))
-        except FleetError as error:
-            return self._retry_later(view, f"{type(command).__name__}: {error}")
+        except Exception as error:  # FleetError, or anything a driver raises: back off, never hold the lease
+            return self._retry_later(view, f"{type(command).__name__}: {_describe(error)}", error)
         if view.version == 0:
             return StepResult.CONFLICT
         return self._save(view, event)
+
+    def _tx(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in one transaction, again while the database blips (a restart, a failover) for up
+        to `db_retry` (at most half the lease). Safe to repeat: every write is a compare-and-set, so a
+        transaction that did commit before the connection dropped makes its repeat a no-op."""
+        budget = min(self.config.db_retry, self.config.lease / 2).total_seconds()
+        for attempt in Retrying(
+            retry=retry_if_exception(is_db_blip),
+            stop=stop_after_delay(budget),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.2),
+            before_sleep=_log_db_retry,
+            reraise=True,
+        ):
+            with attempt, self.sessions.begin() as session:
+                return work(session)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _save(self, view: machine.ExecutionView, event: machine.Event) -> StepResult:
         now = self.clock()
@@ -129,17 +177,23 @@ class Engine:
         due = decision.next_run_at
         soon = due is not None and due - now <= self.config.short_countdown
         dispatched_until = due + self.config.redrive if soon and due is not None else None
-        outbox_ids: list[int] = []
-        with self.sessions.begin() as session:
+
+        def save(session: Session) -> list[int] | None:
             if not executions.save(session, view, decision, self.owner, now, dispatched_until):
-                log.info("execution %s moved under us; dropping our step", view.id)
-                return StepResult.CONFLICT
+                return None
+            outbox_ids: list[int] = []
             for kind in decision.emails:
                 row = session.get(executions.models.Execution, view.id, populate_existing=True)
                 if row is not None:
                     queued = notifications.enqueue(session, row, kind, now, self.config.redrive)
                     if queued is not None:
                         outbox_ids.append(queued.id)
+            return outbox_ids
+
+        outbox_ids = self._tx(save)
+        if outbox_ids is None:
+            log.info("execution %s moved under us; dropping our step", view.id)
+            return StepResult.CONFLICT
         self.hooks.reached("after_commit", view.id, view.state.value)
         for outbox_id in outbox_ids:
             self.dispatcher.deliver(outbox_id)
@@ -147,17 +201,17 @@ class Engine:
             self.dispatcher.advance(view.id, max(0.0, (due - now).total_seconds()))
         return StepResult.ADVANCED
 
-    def _retry_later(self, view: machine.ExecutionView, error: str) -> StepResult:
+    def _retry_later(self, view: machine.ExecutionView, error: str, cause: Exception | None = None) -> StepResult:
         now = self.clock()
         retry_at = now + compute_backoff(view.attempts, self.config.retry_backoff, self.config.max_backoff)
-        log.warning("execution %s: %s (attempt %d); retrying at %s", view.id, error, view.attempts, retry_at)
-        with self.sessions.begin() as session:
-            released = executions.release(session, view, self.owner, error, retry_at, now)
+        expected = cause is None or isinstance(cause, FleetError)
+        log.log(logging.WARNING if expected else logging.ERROR, "execution %s: %s (attempt %d); retrying at %s",
+                view.id, error, view.attempts, retry_at, exc_info=None if expected else cause)
+        released = self._tx(lambda session: executions.release(session, view, self.owner, error, retry_at, now))
         return StepResult.RETRYING if released else StepResult.CONFLICT
 
     def _record_intent(self, view: machine.ExecutionView, intent: dict[str, Any]) -> machine.ExecutionView:
-        with self.sessions.begin() as session:
-            version = executions.record_intent(session, view, self.owner, intent)
+        version = self._tx(lambda session: executions.record_intent(session, view, self.owner, intent))
         self.hooks.reached("after_intent", view.id, view.state.value)
         return dataclasses.replace(view, version=version)
 
@@ -224,7 +278,10 @@ class Engine:
         view = self._record_intent(view, intent or {"key": key})
         if view.version == 0:
             return view
-        act()
+        try:
+            act()
+        except Exception as error:
+            raise _EffectFailed(view, error) from error
         self.hooks.reached("after_effect", view.id, view.state.value)
         return view
 
@@ -233,12 +290,11 @@ class Engine:
     def tick(self) -> tuple[int, int]:
         """Claim due executions and unsent emails and hand them to the dispatcher; (steps, emails)."""
         now = self.clock()
-        with self.sessions.begin() as session:
-            due = executions.claim_due(session, now, self.config.redrive, self.config.tick_batch)
-        for execution_id in due:
-            self.dispatcher.advance(execution_id, 0.0)
-        with self.sessions.begin() as session:
-            emails = notifications.claim_unsent(session, now, self.config.redrive, self.config.tick_batch)
+        due = self._tx(lambda session: executions.claim_due(session, now, self.config.redrive, self.config.tick_batch))
+        batch.hand_off(self.dispatcher, due)  # batch messages when the dispatcher sends them (orchestrator/batch.py)
+        emails = self._tx(
+            lambda session: notifications.claim_unsent(session, now, self.config.redrive, self.config.tick_batch)
+        )
         for outbox_id in emails:
             self.dispatcher.deliver(outbox_id)
         return len(due), len(emails)
@@ -248,12 +304,15 @@ class Engine:
     def deliver(self, outbox_id: int) -> notifications.Delivery:
         """Send one outbox row if nobody else is sending it; mark it sent, or schedule a retry."""
         now = self.clock()
-        with self.sessions.begin() as session:
+
+        def claim(session: Session) -> tuple[Any, int] | None:
             row = notifications.claim(session, outbox_id, now, self.config.email_hold)
-            if row is None:
-                return notifications.Delivery(outbox_id, sent=False, error="already sent or being sent")
-            message = notifications.build_message(row, self.mail_from)
-            attempts = row.attempts
+            return None if row is None else (notifications.build_message(row, self.mail_from), row.attempts)
+
+        claimed = self._tx(claim)
+        if claimed is None:
+            return notifications.Delivery(outbox_id, sent=False, error="already sent or being sent")
+        message, attempts = claimed
         error: str | None = None
         try:
             self.mailer.send(message)
@@ -262,6 +321,18 @@ class Engine:
             log.warning("email %s not sent (attempt %d): %s", outbox_id, attempts, error)
         self.hooks.reached("after_email", str(outbox_id), "deliver")
         retry_in = compute_backoff(attempts, self.config.retry_backoff, self.config.max_backoff)
-        with self.sessions.begin() as session:
-            notifications.mark(session, outbox_id, self.clock(), error, retry_in)
+        # sent but not marked would send it again after the hold: ride out a database blip here
+        self._tx(lambda session: notifications.mark(session, outbox_id, self.clock(), error, retry_in))
         return notifications.Delivery(outbox_id, sent=error is None, error=error)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if isinstance(error, FleetError) and text else f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _log_db_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome else None
+    first = str(getattr(error, "orig", error)).strip().splitlines()
+    log.warning("database unreachable (%s); retrying the transaction in %.1fs (attempt %d)",
+                first[0] if first else type(error).__name__, state.upcoming_sleep, state.attempt_number)

@@ -143,8 +143,28 @@ def save(
     dispatched_until: datetime | None,
 ) -> bool:
     """Compare-and-set the decided view from `old.version`, with the cycle's records and the event log."""
-    view = decision.view
     table = models.Execution.__table__
+    values = save_values(old, decision, now, dispatched_until)
+    result = session.execute(
+        sa.update(table)
+        .where(table.c.id == old.id, table.c.version == old.version, table.c.lease_owner == owner)
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        return False
+    if decision.initiation is not None:
+        _insert_initiation(session, old.id, decision.initiation)
+    event = event_values(old, decision, now)
+    if event is not None:
+        session.add(models.ExecutionEvent(**event))
+    return True
+
+
+def save_values(
+    old: machine.ExecutionView, decision: machine.Decision, now: datetime, dispatched_until: datetime | None
+) -> dict[str, Any]:
+    """The columns `save` writes for a decision (orchestrator/batch.py writes the same, many rows at once)."""
+    view = decision.view
     values = _view_columns(view)
     values.update(
         version=old.version + 1,
@@ -160,23 +180,18 @@ def save(
         values["ended_at"] = now
         note = view.reboot_reason if view.reboot_reason == machine.REBOOT_SUPPRESSED else None
         values["end_message"] = messages.execution_end(view.state.value, view.failure_reason, note)
-    result = session.execute(
-        sa.update(table)
-        .where(table.c.id == old.id, table.c.version == old.version, table.c.lease_owner == owner)
-        .values(**values)
-    )
-    if result.rowcount != 1:
-        return False
-    if decision.initiation is not None:
-        _insert_initiation(session, old.id, decision.initiation)
-    if old.state is not view.state or decision.initiation is not None:
-        session.add(
-            models.ExecutionEvent(
-                execution_id=old.id, at=now, from_state=old.state.value, to_state=view.state.value,
-                cycle=view.cycle, note=decision.note[:4000],
-            )
-        )
-    return True
+    return values
+
+
+def event_values(old: machine.ExecutionView, decision: machine.Decision, now: datetime) -> dict[str, Any] | None:
+    """The audit-trail row of a saved decision: a state change or a recorded cycle (None otherwise)."""
+    view = decision.view
+    if old.state is view.state and decision.initiation is None:
+        return None
+    return {
+        "execution_id": old.id, "at": now, "from_state": old.state.value, "to_state": view.state.value,
+        "cycle": view.cycle, "note": decision.note[:4000],
+    }
 
 
 def _insert_initiation(session: Session, execution_id: str, record: machine.InitiationRecord) -> None:

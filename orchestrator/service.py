@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator import batch, machine, messages, models, naming, notifications, packages
 from orchestrator import engine as engine_mod
-from orchestrator import machine, messages, models, naming, notifications, packages
 from schemas import selection
 from schemas.patching import (
     ExecutionDetail,
@@ -124,10 +124,10 @@ class PatchService:
                 answers.append(answer)
                 if answer.is_queued and answer.execution_id:
                     queued.append((answer.execution_id, outbox_id))
-        for execution_id, outbox_id in queued:
+        batch.hand_off(self.dispatcher, [execution_id for execution_id, _ in queued])  # batches when it can
+        for _, outbox_id in queued:
             if outbox_id is not None:
                 self.dispatcher.deliver(outbox_id)
-            self.dispatcher.advance(execution_id, 0.0)
         return answers
 
     def execute_package_on_groups(
@@ -344,7 +344,8 @@ class PatchService:
                 .where(models.Server.group_id.in_(subtree), models.Server.account_alias == alias)
                 .order_by(models.Server.name)
             ):
-                servers[in_group].append(name)
+                if in_group is not None:
+                    servers[in_group].append(name)
 
         def build(node: str, seen: frozenset[str]) -> GroupInfo:
             row = groups[node]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.machine import Policy
@@ -31,7 +31,10 @@ class Settings(BaseSettings):
         default=None, description="where the simulated fleet keeps its state (shared by processes)"
     )
     sim_seed: int = 7
-    sim_timings: str = Field(default="instant", description="instant | demo")
+    sim_timings: str = Field(default="instant", description="instant | demo | soak")
+    sim_error_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="simulated fleet: share of calls that fail transiently (chaos)"
+    )
 
     max_cycles: int = 10
     reboot_timeout_seconds: float = 20 * 60
@@ -47,7 +50,47 @@ class Settings(BaseSettings):
     tick_batch: int = 500
     short_countdown_seconds: float = Field(default=5.0, description="waits up to this use a task countdown")
     visibility_timeout_seconds: int = 4 * 3600
+    broker_socket_timeout_seconds: float = Field(
+        default=10.0, description="a Redis call that gets no answer fails after this long (frozen or half-open)"
+    )
     retry_backoff_seconds: float = 2.0
+    email_hold_seconds: float = Field(
+        default=120.0, description="an email being sent is not sent again for this long; above the SMTP timeout"
+    )
+    db_retry_seconds: float = Field(
+        default=20.0, description="a step retries a database blip for this long (capped at half the lease)"
+    )
+
+    crash_points: str | None = Field(
+        default=None, description="chaos tests only: where workers kill themselves (see orchestrator/faults.py)"
+    )
+    crash_seed: int = 0
+    crash_state_dir: str | None = Field(
+        default=None, description="chaos tests only: shared directory for cluster-wide crash counts and log"
+    )
+
+    token_ttl_seconds: int = Field(
+        default=14 * 24 * 3600, gt=0, description="how long a REST bearer token lives (CLC: up to 2 weeks)"
+    )
+
+    clc_base_url: str | None = Field(
+        default=None, description="the clc fleet driver: CLC API v2 base URL (or `patchaas simulator`)"
+    )
+    clc_username: str | None = None
+    clc_password: SecretStr | None = None
+    clc_account_alias: str | None = Field(default=None, description="unset: the alias the CLC login answers")
+    clc_rate_per_second: float = Field(default=10.0, gt=0, description="client-side rate limit, per process")
+    clc_rate_burst: int = Field(default=10, ge=1)
+    clc_retry_attempts: int = Field(default=6, ge=1, description="attempts per request on 5xx/connection errors")
+    clc_retry_initial_seconds: float = Field(default=0.25, ge=0, description="first backoff (doubles, + jitter)")
+    clc_retry_max_backoff_seconds: float = Field(default=4.0, ge=0)
+    clc_retry_deadline_seconds: float = Field(default=30.0, gt=0, description="a request gives up after this")
+    clc_connect_timeout_seconds: float = 5.0
+    clc_read_timeout_seconds: float = 15.0
+    clc_poll_interval_seconds: float = Field(default=2.0, gt=0, description="queue status polling (CLC: ~2 s)")
+    clc_operation_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="how long set maintenance / power off may stay queued"
+    )
 
     def policy(self) -> Policy:
         """The state machine's guards."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ADVANCE = "patchaas.advance"
+ADVANCE_BATCH = "patchaas.advance_batch"
 TICK = "patchaas.tick"
 DELIVER_EMAIL = "patchaas.deliver_email"
 
@@ -37,6 +38,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # reconnect forever: 0 would mean "never" (celery#8626)
         "broker_transport_options": _transport_options(settings),
         "task_default_queue": "patchaas",
         "worker_send_task_events": True,
@@ -53,6 +55,15 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_seconds}
     if settings.broker_url.startswith("memory://"):
         options["polling_interval"] = 0.02  # the in-process queue is polled; Redis uses BRPOP instead
+    elif settings.broker_url.startswith(("redis://", "rediss://")):
+        # A Redis that stops answering without closing the connection (frozen, failed over behind a VIP,
+        # dropped by a NAT) would block a publish forever: the beat's tick, a worker's hand-off after its
+        # commit. Bound every socket operation so they fail and the tick re-drives instead.
+        options.update(
+            socket_timeout=settings.broker_socket_timeout_seconds,
+            socket_connect_timeout=settings.broker_socket_timeout_seconds,
+            socket_keepalive=True,
+        )
     return options
 
 
@@ -65,18 +76,30 @@ def create_app(settings: Settings, container: Callable[[], Container] | None = N
     retry_db = {"autoretry_for": (OperationalError,), "retry_backoff": 1, "retry_backoff_max": 30,
                 "max_retries": 8, "retry_jitter": True}
 
-    @app.task(name=ADVANCE, **retry_db)
+    @app.task(name=ADVANCE, shared=False, **retry_db)
     def advance(execution_id: str) -> str:
         """Run the current step of one execution."""
         return holder.get().engine.advance(execution_id).value
 
-    @app.task(name=TICK, **retry_db)
+    @app.task(name=ADVANCE_BATCH, shared=False, **retry_db)
+    def advance_batch(execution_ids: list[str]) -> str:
+        """Run the due steps of many executions in rounds that share their transactions (orchestrator/batch.py)."""
+        from orchestrator import batch
+
+        return batch.run(holder.get().engine, execution_ids).summary()
+
+    @app.task(name=TICK, shared=False)
     def tick() -> str:
-        """Claim due executions and unsent emails; hand them to workers."""
-        steps, emails = holder.get().engine.tick()
+        """Claim due executions and unsent emails; hand them to workers. Not retried: beat sends the next
+        tick in `tick_seconds` anyway, and retried ticks would only pile up behind a database outage."""
+        try:
+            steps, emails = holder.get().engine.tick()
+        except OperationalError as exc:
+            log.warning("tick skipped, the database is unreachable: %s", str(exc).splitlines()[0])
+            return "skipped"
         return f"{steps} steps, {emails} emails"
 
-    @app.task(name=DELIVER_EMAIL, **retry_db)
+    @app.task(name=DELIVER_EMAIL, shared=False, **retry_db)
     def deliver_email(outbox_id: int) -> str:
         """Send one email of the outbox."""
         delivery = holder.get().engine.deliver(outbox_id)

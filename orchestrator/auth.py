@@ -1,0 +1,274 @@
+"""Who may call the REST API: accounts' users (CLC roles, argon2 password hashes) and their bearer tokens.
+
+A token is random (256 bits), shown once at login and stored only as its SHA-256 digest, with an expiry
+(`Settings.token_ttl_seconds`, 14 days by default, as CLC's). Checking a token is one query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator import models, naming
+from orchestrator.service import Conflict, ServiceError
+
+CLC_BAD_LOGIN = "We didn't recognize the username or password you entered. Please try again."
+
+ROLES: frozenset[str] = frozenset(
+    {
+        "AccountAdmin",
+        "AccountViewer",
+        "BillingManager",
+        "DNSManager",
+        "NetworkManager",
+        "SecurityManager",
+        "ServerAdmin",
+        "ServerOperator",
+    }
+)
+"""The CLC v2 user roles."""
+
+OPERATOR_ROLES: frozenset[str] = frozenset({"AccountAdmin", "ServerAdmin", "ServerOperator"})
+"""Roles allowed to execute packages and cancel executions; every role may read."""
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+
+
+class Unauthorized(ServiceError):
+    """No token, an unknown one or an expired one."""
+
+    status = 401
+
+
+class Forbidden(ServiceError):
+    """A valid token whose roles do not allow the request."""
+
+    status = 403
+
+
+class BadCredentials(ServiceError):
+    """Login refused: CLC's own message and status, whatever was wrong (no hint which)."""
+
+    status = 400
+
+    def __init__(self) -> None:
+        super().__init__(CLC_BAD_LOGIN)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller behind a valid token."""
+
+    username: str
+    account_alias: str
+    location: str
+    roles: tuple[str, ...]
+
+    @property
+    def may_operate(self) -> bool:
+        """Whether the caller may execute packages and cancel executions."""
+        return not OPERATOR_ROLES.isdisjoint(self.roles)
+
+
+@dataclass(frozen=True)
+class Login:
+    """A successful login: who, and the bearer token (the only time it is seen in clear)."""
+
+    principal: Principal
+    token: str
+    expires_at: datetime
+
+
+def new_token() -> str:
+    """A fresh bearer token: 32 random bytes, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """What the database keeps of a token: its SHA-256, hex (a leaked table grants nothing)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_username(username: str) -> str:
+    """A username: 1–100 letters, digits and `._@+-`, starting with a letter or digit; case-insensitive."""
+    if not USERNAME_RE.match(username) or username.endswith("\n"):
+        raise ServiceError(
+            f"username {username!r} must be 1 to 100 letters, digits or . _ @ + -, starting with a letter or digit"
+        )
+    return username.lower()
+
+
+def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    """At least one CLC role; unknown roles are refused with the list of known ones."""
+    wanted = tuple(dict.fromkeys(roles))
+    unknown = [r for r in wanted if r not in ROLES]
+    if unknown:
+        raise ServiceError(f"unknown role(s) {', '.join(unknown)}; known: {', '.join(sorted(ROLES))}")
+    if not wanted:
+        raise ServiceError(f"a user needs at least one role; known: {', '.join(sorted(ROLES))}")
+    return wanted
+
+
+def check_password(password: str) -> str:
+    """A password of 8 to 1024 characters."""
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise ServiceError(f"a password must have {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    return password
+
+
+def require_operator(principal: Principal) -> None:
+    """Refuse (403) a caller whose roles only allow reading."""
+    if not principal.may_operate:
+        raise Forbidden(
+            f"user {principal.username} may not run operations: that needs one of the roles "
+            f"{', '.join(sorted(OPERATOR_ROLES))}"
+        )
+
+
+class AuthService:
+    """Accounts, their users, logins and token checks."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime],
+        token_ttl: timedelta,
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.token_ttl = token_ttl
+        self.hasher = hasher or PasswordHasher()
+        self._dummy_hash: str | None = None
+
+    # --- administration (CLI) -------------------------------------------------------------------
+
+    def create_account(self, alias: str, name: str, datacenter: str, email: str) -> str:
+        """Create an account; an alias that exists already is a conflict."""
+        try:
+            alias = naming.check_alias(alias)
+            datacenter = naming.check_datacenter(datacenter)
+        except naming.NamingError as exc:
+            raise ServiceError(str(exc)) from None
+        name = name.strip()
+        if not 1 <= len(name) <= 200:
+            raise ServiceError("an account name must have 1 to 200 characters")
+        if not EMAIL_RE.match(email) or len(email) > 320:
+            raise ServiceError(f"{email!r} is not an email address")
+        try:
+            with self.sessions.begin() as session:
+                if session.get(models.Account, alias) is not None:
+                    raise Conflict(f"account {alias} already exists")
+                session.add(
+                    models.Account(alias=alias, name=name, datacenter=datacenter, email=email, created_at=self.clock())
+                )
+        except IntegrityError:
+            raise Conflict(f"account {alias} already exists") from None
+        return alias
+
+    def create_user(self, username: str, alias: str, roles: Iterable[str], password: str) -> Principal:
+        """Create a user of account `alias`; the password is kept as an argon2 hash only."""
+        username = check_username(username)
+        wanted = check_roles(roles)
+        password_hash = self.hasher.hash(check_password(password))
+        try:
+            alias = naming.check_alias(alias)
+        except naming.NamingError as exc:
+            raise ServiceError(str(exc)) from None
+        try:
+            with self.sessions.begin() as session:
+                account = session.get(models.Account, alias)
+                if account is None:
+                    raise ServiceError(f"account {alias} does not exist (create it with `patchaas account create`)")
+                if session.scalar(sa.select(models.User.id).where(models.User.username == username)) is not None:
+                    raise Conflict(f"user {username} already exists")
+                session.add(
+                    models.User(
+                        username=username, account_alias=alias, roles=list(wanted), password_hash=password_hash,
+                        created_at=self.clock(),
+                    )
+                )
+                location = account.datacenter
+        except IntegrityError:
+            raise Conflict(f"user {username} already exists") from None
+        return Principal(username, alias, location, wanted)
+
+    # --- the API -------------------------------------------------------------------------------
+
+    def login(self, username: str, password: str) -> Login:
+        """Check the password and issue a token; any failure is CLC's single 400 message."""
+        try:
+            key = check_username(username)
+        except ServiceError:
+            key = None
+        if key is None or not 1 <= len(password) <= MAX_PASSWORD:
+            self._burn(password[:MAX_PASSWORD])
+            raise BadCredentials()
+        now = self.clock()
+        with self.sessions.begin() as session:
+            row = session.execute(
+                sa.select(models.User, models.Account.datacenter)
+                .join(models.Account, models.Account.alias == models.User.account_alias)
+                .where(models.User.username == key)
+            ).first()
+            if row is None:
+                self._burn(password)
+                raise BadCredentials()
+            user, location = row
+            if not self._verify(user.password_hash, password):
+                raise BadCredentials()
+            if self.hasher.check_needs_rehash(user.password_hash):
+                user.password_hash = self.hasher.hash(password)
+            session.execute(
+                sa.delete(models.Token).where(models.Token.user_id == user.id, models.Token.expires_at <= now)
+            )
+            token = new_token()
+            expires_at = now + self.token_ttl
+            session.add(
+                models.Token(token_hash=token_digest(token), user_id=user.id, created_at=now, expires_at=expires_at)
+            )
+            principal = Principal(user.username, user.account_alias, location, tuple(user.roles))
+        return Login(principal, token, expires_at)
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The caller behind a bearer token, or Unauthorized (401)."""
+        if not token:
+            raise Unauthorized("this call needs a bearer token: Authorization: Bearer <token from the login call>")
+        with self.sessions() as session:
+            row = session.execute(
+                sa.select(models.Token.expires_at, models.User, models.Account.datacenter)
+                .join(models.User, models.User.id == models.Token.user_id)
+                .join(models.Account, models.Account.alias == models.User.account_alias)
+                .where(models.Token.token_hash == token_digest(token))
+            ).first()
+        if row is None:
+            raise Unauthorized("the bearer token is not valid; log in again")
+        expires_at, user, location = row
+        if expires_at <= self.clock():
+            raise Unauthorized("the bearer token has expired; log in again")
+        return Principal(user.username, user.account_alias, location, tuple(user.roles))
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError, UnicodeEncodeError):
+            return False
+
+    def _burn(self, password: str) -> None:
+        """Spend the time a real check takes, so an unknown username cannot be told from a bad password."""
+        if self._dummy_hash is None:
+            self._dummy_hash = self.hasher.hash(secrets.token_hex(16))
+        self._verify(self._dummy_hash, password)

@@ -1,0 +1,462 @@
+"""Many executions per task: the engine's steps, run in rounds that share their transactions.
+
+`Engine.advance` runs one step of one execution in three transactions (claim, intent, save) plus one
+Celery message per step. A batch runs the same steps for many executions at once, in rounds:
+
+1. **claim** every due, unleased execution of the batch in one UPDATE … RETURNING (the lease and the
+   attempt are counted exactly as `executions.claim` does);
+2. **plan**: for each, the state machine's command and the engine's own `_perform` (its far-side checks:
+   maintenance already on? this cycle's package already known? the boot id changed since the intent?),
+   with the intent-and-effect pair held back instead of run;
+3. **intents**: every held-back intent committed in one transaction (compare-and-set on the version, like
+   `executions.record_intent`); a row that moved is dropped;
+4. **effects**: each held-back effect, only after its intent is committed;
+5. **save**: every decision saved in one transaction with the same compare-and-set (`executions.save`),
+   transient failures released with their backoff (`executions.release`) — and, in the same transaction,
+   the executions whose next step is due at once are claimed again for the next round (re-read from the
+   database, so a cancel written meanwhile is seen), instead of going through the broker.
+
+The durability design is unchanged: each transition is a compare-and-set on the version under our lease,
+every intent is committed before its effect, emails go through the outbox in the save's transaction, and
+a crash anywhere leaves leases that expire and rows the tick re-drives. A batch stops chaining after
+`budget` (well under the lease) and hands whatever is still due to a new batch message.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from orchestrator import executions, machine, models, notifications
+from orchestrator.fleet import FleetError, FleetRefused
+
+if TYPE_CHECKING:
+    from orchestrator.engine import Engine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = 50  # executions per batch message at most
+DEFAULT_SPREAD = 8  # a hand-off is spread over at least this many messages, so every worker process gets some
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How much one batch task does."""
+
+    size: int = DEFAULT_SIZE  # executions per batch message (the dispatcher splits larger hand-offs)
+    budget: timedelta = timedelta(seconds=5)  # stop chaining after this long (far below the lease)
+    max_rounds: int = 200  # and after this many rounds
+    fleet_threads: int = 8  # fleet calls of one round run on this many threads (1: one after the other)
+
+
+@dataclass
+class BatchReport:
+    """What a batch did."""
+
+    claimed: int = 0
+    steps: int = 0
+    conflicts: int = 0
+    retrying: int = 0
+    rounds: int = 0
+    handed_off: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.steps} steps of {self.claimed} executions in {self.rounds} rounds; "
+                f"{self.retrying} retrying, {self.conflicts} conflicts, {self.handed_off} handed off")
+
+
+@dataclass
+class _Step:
+    """One execution's step in a round."""
+
+    view: machine.ExecutionView
+    intent: dict[str, Any] | None
+    state: str = ""  # the state the step started in (for hooks and logs)
+    event: machine.Event | None = None
+    pending_intent: dict[str, Any] | None = None  # an effect held back until its intent is committed
+    act: Callable[[], None] | None = None
+    error: str | None = None  # a transient failure: release with backoff
+    conflict: bool = False
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def claim_many(
+    session: Session, ids: Sequence[str], owner: str, now: datetime, lease: timedelta, early: timedelta
+) -> list[sa.Row[Any]]:
+    """`executions.claim` for many ids in one statement: the due, unleased ones, leased and counted."""
+    if not ids:
+        return []
+    table = models.Execution.__table__
+    stmt = (
+        sa.update(table)
+        .where(
+            table.c.id.in_(sorted(set(ids))),
+            table.c.ended_at.is_(None),
+            table.c.next_run_at <= now + early,
+            sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
+        )
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+            attempts=table.c.attempts + 1,
+            version=table.c.version + 1,
+            updated_at=now,
+        )
+        .returning(*table.c)
+    )
+    return list(session.execute(stmt).all())
+
+
+def record_intents(
+    session: Session, items: Sequence[tuple[machine.ExecutionView, dict[str, Any]]], owner: str
+) -> dict[str, int]:
+    """`executions.record_intent` for many executions: {id: new version} for those still at their version
+    under our lease (one statement on PostgreSQL)."""
+    if not items:
+        return {}
+    if session.get_bind().dialect.name != "postgresql":
+        versions = {view.id: executions.record_intent(session, view, owner, intent) for view, intent in items}
+        return {k: v for k, v in versions.items() if v}
+    data = [{"b_id": view.id, "b_version": view.version, "intent": intent} for view, intent in items]
+    result = session.execute(
+        sa.text(
+            "UPDATE executions AS e SET intent = v.intent, version = v.b_version + 1 "
+            "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(b_id varchar, b_version integer, intent json) "
+            "WHERE e.id = v.b_id AND e.version = v.b_version AND e.lease_owner = :owner "
+            "RETURNING e.id, e.version"
+        ),
+        {"rows": json.dumps(data, default=_jsonable), "owner": owner},
+    )
+    return {row.id: row.version for row in result}
+
+
+def save_many(
+    session: Session, items: Sequence[tuple[machine.ExecutionView, dict[str, Any]]], owner: str
+) -> dict[str, sa.Row[Any]]:
+    """Compare-and-set many rows, each from the version its view was read at and under our lease, to the
+    columns `executions.save_values` gave it; the rows written, by id. One statement on PostgreSQL
+    (UPDATE … FROM jsonb_to_recordset), one per row elsewhere."""
+    if not items:
+        return {}
+    table = models.Execution.__table__
+    if session.get_bind().dialect.name != "postgresql":
+        written: dict[str, sa.Row[Any]] = {}
+        for view, values in items:
+            row = session.execute(
+                sa.update(table)
+                .where(table.c.id == view.id, table.c.version == view.version, table.c.lease_owner == owner)
+                .values(**values)
+                .returning(*table.c)
+            ).one_or_none()
+            if row is not None:
+                written[view.id] = row
+        return written
+    every = set.intersection(*(set(values) for _, values in items))
+    some = set.union(*(set(values) for _, values in items)) - every
+    dialect = session.get_bind().dialect
+    columns = ["b_id varchar", "b_version integer"]
+    columns += [f'"{k}" {table.c[k].type.compile(dialect=dialect)}' for k in sorted(every | some)]
+    columns += [f'"has_{k}" boolean' for k in sorted(some)]
+    sets = [f'"{k}" = v."{k}"' for k in sorted(every)]
+    sets += [f'"{k}" = CASE WHEN v."has_{k}" THEN v."{k}" ELSE e."{k}" END' for k in sorted(some)]
+    returning = ", ".join(f'e."{c.name}"' for c in table.c)
+    data = []
+    for view, values in items:
+        doc = {"b_id": view.id, "b_version": view.version, **values}
+        doc.update({f"has_{k}": k in values for k in some})
+        data.append(doc)
+    statement = sa.text(
+        f"UPDATE executions AS e SET {', '.join(sets)} "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v({', '.join(columns)}) "
+        "WHERE e.id = v.b_id AND e.version = v.b_version AND e.lease_owner = :owner "
+        f"RETURNING {returning}"
+    ).columns(*table.c)  # matched by position: listed in the model's order
+    result = session.execute(statement, {"rows": json.dumps(data, default=_jsonable), "owner": owner})
+    return {row.id: row for row in result}
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, frozenset | set | tuple):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def hand_off(dispatcher: Any, ids: Sequence[str], size: int = DEFAULT_SIZE, spread: int = DEFAULT_SPREAD) -> None:
+    """Give `ids` to workers. A few ids go one message each (`advance`), so they spread over the worker
+    processes; more go in batch messages (`advance_many`, when the dispatcher has it) of up to `size`, at
+    least `spread` of them."""
+    ids = list(ids)
+    many = getattr(dispatcher, "advance_many", None)
+    chunk = max(1, min(size, len(ids) // max(1, spread)))
+    if many is None or chunk == 1:
+        for execution_id in ids:
+            dispatcher.advance(execution_id, 0.0)
+        return
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        if len(part) == 1:
+            dispatcher.advance(part[0], 0.0)
+        else:
+            many(part)
+
+
+class BatchRunner:
+    """Runs rounds of steps for a set of executions on one engine (its fleet, policy, lease, hooks)."""
+
+    def __init__(self, engine: Engine, config: BatchConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or BatchConfig()
+
+    def run(self, ids: Sequence[str]) -> BatchReport:
+        engine, cfg = self.engine, self.config
+        report = BatchReport()
+        started = time.monotonic()
+        now = engine.clock()
+        with engine.sessions.begin() as session:
+            rows = claim_many(session, ids, engine.owner, now, engine.config.lease, engine.config.early)
+        steps = [_Step(executions.to_view(r), dict(r.intent) if r.intent else None) for r in rows]
+        report.claimed = len(steps)
+        pool = ThreadPoolExecutor(cfg.fleet_threads) if cfg.fleet_threads > 1 and len(steps) > 1 else None
+        try:
+            while steps:
+                report.rounds += 1
+                last_round = (report.rounds >= cfg.max_rounds
+                              or time.monotonic() - started >= cfg.budget.total_seconds())
+                steps, still_due = self._round(steps, report, pool, chain=not last_round)
+                if still_due:
+                    report.handed_off += len(still_due)
+                    hand_off(engine.dispatcher, still_due, cfg.size, spread=1)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        return report
+
+    # --- one round ----------------------------------------------------------------------------
+
+    def _round(
+        self, steps: list[_Step], report: BatchReport, pool: ThreadPoolExecutor | None, chain: bool
+    ) -> tuple[list[_Step], list[str]]:
+        engine = self.engine
+        now = engine.clock()
+        self._map(pool, lambda s: self._plan(s, now), steps)
+
+        waiting = [s for s in steps if s.pending_intent is not None and s.error is None]
+        if waiting:
+            with engine.sessions.begin() as session:
+                versions = record_intents(session, [(s.view, s.pending_intent or {}) for s in waiting], engine.owner)
+            for s in waiting:
+                version = versions.get(s.view.id, 0)
+                if version == 0:
+                    s.conflict = True
+                else:
+                    s.view = dataclasses.replace(s.view, version=version)
+            for s in waiting:
+                if not s.conflict:
+                    engine.hooks.reached("after_intent", s.view.id, s.state)
+            self._map(pool, self._act, [s for s in waiting if not s.conflict])
+
+        return self._save(steps, report, chain)
+
+    def _map(self, pool: ThreadPoolExecutor | None, fn: Callable[[_Step], None], steps: list[_Step]) -> None:
+        if pool is None or len(steps) < 2:
+            for s in steps:
+                fn(s)
+        else:
+            list(pool.map(fn, steps))
+
+    def _plan(self, s: _Step, now: datetime) -> None:
+        """The engine's `_perform` for this step, with its intent-and-effect pair held back."""
+        engine = self.engine
+        s.state = s.view.state.value
+        command = machine.command_for(s.view, now, engine.policy)
+        s.command = type(command).__name__
+        planner = copy.copy(engine)  # the engine's own far-side checks; only `_effect` is replaced
+
+        def hold(view: machine.ExecutionView, key: str, act: Callable[[], None],
+                 intent: dict[str, Any] | None = None) -> machine.ExecutionView:
+            s.pending_intent = intent or {"key": key}
+            s.act = act
+            return view
+
+        planner._effect = hold  # type: ignore[method-assign]
+        try:
+            s.event, _ = planner._perform(command, s.view, s.intent)
+        except FleetRefused as refused:
+            s.event, s.pending_intent, s.act = machine.Abandoned(machine.Outcome.FAILED, str(refused)), None, None
+        except Exception as error:  # FleetError or anything a driver raises: back off, never hold the lease
+            s.pending_intent, s.act = None, None
+            s.error = f"{s.command}: {_describe(error)}"
+            if not isinstance(error, FleetError):
+                log.error("execution %s: %s", s.view.id, s.error, exc_info=error)
+
+    def _act(self, s: _Step) -> None:
+        """The effect, after its intent was committed."""
+        assert s.act is not None
+        try:
+            s.act()
+        except FleetRefused as refused:
+            s.event = machine.Abandoned(machine.Outcome.FAILED, str(refused))
+            return
+        except Exception as error:
+            s.error = f"{s.command}: {_describe(error)}"
+            if not isinstance(error, FleetError):
+                log.error("execution %s: %s", s.view.id, s.error, exc_info=error)
+            return
+        self.engine.hooks.reached("after_effect", s.view.id, s.state)
+
+    def _save(self, steps: list[_Step], report: BatchReport, chain: bool) -> tuple[list[_Step], list[str]]:
+        """Every decision (or release) of the round in one transaction; claim again what is due at once."""
+        engine = self.engine
+        now = engine.clock()
+        planned: list[tuple[_Step, machine.Decision | None]] = []
+        for s in sorted(steps, key=lambda s: s.view.id):  # one lock order for every batch
+            if s.conflict:
+                report.conflicts += 1
+                continue
+            if s.error is not None or s.event is None:
+                planned.append((s, None))
+            else:
+                planned.append((s, machine.decide(s.view, s.event, now, engine.policy)))
+        try:
+            with engine.sessions.begin() as session:
+                outcome = self._write(session, planned, now, chain)
+        except sa_exc.OperationalError:
+            raise  # the database is away: the task retries; our leases expire and the tick re-drives
+        except sa_exc.SQLAlchemyError as error:  # one bad row must not sink the others: save one by one
+            log.warning("batch save failed (%s); saving the round one execution at a time", error)
+            outcome = _Outcome()
+            for item in planned:
+                try:
+                    with engine.sessions.begin() as session:
+                        one = self._write(session, [item], now, chain=False)
+                except sa_exc.OperationalError:
+                    raise
+                except sa_exc.SQLAlchemyError:
+                    log.exception("execution %s: step not saved; its lease will expire", item[0].view.id)
+                    continue
+                outcome.merge(one)
+        report.steps += outcome.saved
+        report.retrying += outcome.released
+        report.conflicts += outcome.conflicts
+        for s, _ in planned:
+            if s.view.id in outcome.saved_ids:
+                engine.hooks.reached("after_commit", s.view.id, s.view.state.value)
+        for outbox_id in outcome.outbox_ids:
+            engine.dispatcher.deliver(outbox_id)
+        for execution_id, delay in outcome.countdowns:
+            engine.dispatcher.advance(execution_id, delay)
+        return outcome.next_steps, outcome.due_now
+
+    def _write(
+        self, session: Session, planned: list[tuple[_Step, machine.Decision | None]], now: datetime, chain: bool
+    ) -> _Outcome:
+        """Releases, then every save as one compare-and-set statement (rows due again at once keep the
+        lease: claimed for the next round in the same write), then the cycles' records, events, emails."""
+        engine, cfg = self.engine, self.engine.config
+        out = _Outcome()
+        saves: list[tuple[_Step, machine.Decision, dict[str, Any], bool]] = []
+        for s, decision in planned:
+            view = s.view
+            if decision is None:
+                retry_at = now + _backoff(view.attempts, cfg.retry_backoff, cfg.max_backoff)
+                log.warning("execution %s: %s (attempt %d); retrying at %s", view.id, s.error, view.attempts,
+                            retry_at)
+                if executions.release(session, view, engine.owner, s.error or "failed", retry_at, now):
+                    out.released += 1
+                else:
+                    out.conflicts += 1
+                continue
+            due = decision.next_run_at
+            soon = due is not None and due - now <= cfg.short_countdown
+            dispatched_until = due + cfg.redrive if soon and due is not None else None
+            values = executions.save_values(view, decision, now, dispatched_until)
+            again = chain and due is not None and due <= now and not decision.view.terminal
+            if again:  # `executions.claim` folded into the save: the lease is kept, the attempt counted
+                values.update(lease_owner=engine.owner, lease_expires_at=now + cfg.lease,
+                              attempts=values["attempts"] + 1, version=values["version"] + 1, updated_at=now)
+            saves.append((s, decision, values, again))
+        rows = save_many(session, [(s.view, values) for s, _, values, _ in saves], engine.owner)
+        events: list[dict[str, Any]] = []
+        for s, decision, _, again in saves:
+            view = s.view
+            row = rows.get(view.id)
+            if row is None:
+                log.info("execution %s moved under us; dropping our step", view.id)
+                out.conflicts += 1
+                continue
+            out.saved += 1
+            out.saved_ids.add(view.id)
+            if decision.initiation is not None:
+                executions._insert_initiation(session, view.id, decision.initiation)
+            event = executions.event_values(view, decision, now)
+            if event is not None:
+                events.append(event)
+            for kind in decision.emails:
+                execution = session.get(models.Execution, view.id, populate_existing=True)
+                if execution is not None:
+                    queued = notifications.enqueue(session, execution, kind, now, cfg.redrive)
+                    if queued is not None:
+                        out.outbox_ids.append(queued.id)
+            due = decision.next_run_at
+            if again:
+                out.next_steps.append(_Step(executions.to_view(row), dict(row.intent) if row.intent else None))
+            elif due is None or decision.view.terminal:
+                continue
+            elif due <= now:
+                out.due_now.append(view.id)
+            elif due - now <= cfg.short_countdown:
+                out.countdowns.append((view.id, max(0.0, (due - now).total_seconds())))
+        if events:
+            session.execute(sa.insert(models.ExecutionEvent.__table__), events)
+        return out
+
+
+@dataclass
+class _Outcome:
+    saved: int = 0
+    released: int = 0
+    conflicts: int = 0
+    saved_ids: set[str] = field(default_factory=set)
+    outbox_ids: list[int] = field(default_factory=list)
+    countdowns: list[tuple[str, float]] = field(default_factory=list)
+    due_now: list[str] = field(default_factory=list)
+    next_steps: list[_Step] = field(default_factory=list)
+
+    def merge(self, other: _Outcome) -> None:
+        self.saved += other.saved
+        self.released += other.released
+        self.conflicts += other.conflicts
+        self.saved_ids |= other.saved_ids
+        self.outbox_ids += other.outbox_ids
+        self.countdowns += other.countdowns
+        self.due_now += other.due_now
+
+
+def _backoff(attempts: int, base: timedelta, cap: timedelta) -> timedelta:
+    return min(cap, base * (2 ** max(0, attempts - 1)))
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    first = text[0] if text else ""
+    return first if isinstance(error, FleetError) else f"{type(error).__name__}: {first}"
+
+
+def run(engine: Engine, ids: Sequence[str], config: BatchConfig | None = None) -> BatchReport:
+    """Run the due steps of `ids` on `engine` in shared rounds (the `patchaas.advance_batch` task)."""
+    return BatchRunner(engine, config).run(ids)

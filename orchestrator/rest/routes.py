@@ -1,0 +1,213 @@
+"""The endpoints. Each one only translates: checks who calls, hands the request to the service, shapes the
+answer. A path that names another account answers exactly as a missing resource does (404)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from orchestrator import auth
+from orchestrator.rest import bodies, statuses
+from orchestrator.rest.bodies import (
+    ALIAS_PATTERN,
+    EXECUTION_PATTERN,
+    SERVER_PATTERN,
+    STATUS_PATTERN,
+    ErrorMessage,
+)
+from orchestrator.service import NotFound, PatchService
+from schemas.patching import ExecutionDetail, ExecutionSummary
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+
+bearer = HTTPBearer(auto_error=False, description="the `bearerToken` answered by POST /v2/authentication/login")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorMessage, "description": description}
+
+
+Responses = dict[int | str, dict[str, Any]]
+BAD_INPUT: Responses = {400: _error("bad input: a path, query or body value breaks its format; the message says which")}
+DB_DOWN: Responses = {503: _error("the database is unavailable; retry after the Retry-After seconds")}
+UNAUTHENTICATED: Responses = {
+    401: {
+        **_error("no bearer token, or an unknown or expired one"),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+    }
+}
+NOT_FOUND: Responses = {
+    404: _error("no such resource in the caller's account (other accounts' resources answer the same)")
+}
+FORBIDDEN: Responses = {403: _error("the caller's roles only allow reading")}
+READ: Responses = {**BAD_INPUT, **UNAUTHENTICATED, **NOT_FOUND, **DB_DOWN}
+WRITE: Responses = {**READ, **FORBIDDEN}
+
+
+def _auth(request: Request) -> auth.AuthService:
+    return request.app.state.auth  # type: ignore[no-any-return]
+
+
+def _service(request: Request) -> PatchService:
+    return request.app.state.container.service  # type: ignore[no-any-return]
+
+
+def _caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> auth.Principal:
+    return _auth(request).authenticate(credentials.credentials if credentials else None)
+
+
+def _operator(caller: Annotated[auth.Principal, Depends(_caller)]) -> auth.Principal:
+    auth.require_operator(caller)
+    return caller
+
+
+Caller = Annotated[auth.Principal, Depends(_caller)]
+Operator = Annotated[auth.Principal, Depends(_operator)]
+Service = Annotated[PatchService, Depends(_service)]
+Alias = Annotated[str, Path(pattern=ALIAS_PATTERN, description="account alias", examples=["OSD"])]
+ServerId = Annotated[
+    str, Path(alias="serverId", pattern=SERVER_PATTERN, max_length=32, description="server name",
+              examples=["VA1OSDPATCH01"])
+]
+ServerName = Annotated[
+    str, Path(pattern=SERVER_PATTERN, max_length=32, description="server name", examples=["VA1OSDPATCH01"])
+]
+GroupId = Annotated[
+    str, Path(alias="groupId", pattern=bodies.GROUP_PATTERN, max_length=32, description="group id",
+              examples=["va1-0001"])
+]
+StatusId = Annotated[
+    str, Path(alias="statusId", pattern=STATUS_PATTERN, max_length=16, description="status id of a queued operation",
+              examples=["va1-132457"])
+]
+ExecutionId = Annotated[
+    str, Path(pattern=EXECUTION_PATTERN, description="execution id (aa#-######)", examples=["VA1-132457"])
+]
+
+
+def _own(caller: auth.Principal, alias: str, missing: str) -> str:
+    """The caller's account if the path names it; otherwise the 404 a missing resource gets."""
+    if alias.upper() != caller.account_alias:
+        raise NotFound(missing)
+    return caller.account_alias
+
+
+v2 = APIRouter(prefix="/v2")
+patching = APIRouter(prefix="/rest/servers/{alias}/server/{server}/patch", tags=["patching"])
+
+
+@v2.post("/authentication/login", response_model=bodies.LoginAnswer, tags=["authentication"],
+         responses={400: _error("bad credentials (CLC's message) or a malformed body"), **DB_DOWN})
+def login(request: Request, body: bodies.LoginRequest) -> bodies.LoginAnswer:
+    """Log in with a username and password; the answer carries a bearer token for every other call."""
+    done = _auth(request).login(body.username, body.password)
+    who = done.principal
+    return bodies.LoginAnswer(user_name=who.username, account_alias=who.account_alias, location_alias=who.location,
+                              roles=list(who.roles), bearer_token=done.token)
+
+
+@v2.post("/operations/{alias}/servers/executePackage", response_model=list[bodies.QueuedAnswer],
+         response_model_exclude_none=True, tags=["operations"], responses=WRITE)
+def execute_package(alias: Alias, body: bodies.ExecutePackageRequest, caller: Operator,
+                    service: Service) -> list[bodies.QueuedAnswer]:
+    """Patch servers: one answer per server, queued with a status link and an execution id, or why not."""
+    scope = _own(caller, alias, f"account {alias} not found")
+    answers = service.execute_package(scope, body.servers, body.package, caller.username)
+    return [bodies.queued_answer(scope, a) for a in answers]
+
+
+@v2.post("/operations/{alias}/groups/executePackage", response_model=list[bodies.QueuedAnswer],
+         response_model_exclude_none=True, tags=["operations"], responses=WRITE)
+def execute_package_on_groups(alias: Alias, body: bodies.GroupExecuteRequest, caller: Operator,
+                              service: Service) -> list[bodies.QueuedAnswer]:
+    """The group action: every server of the groups and of their nested groups, each answered on its own."""
+    scope = _own(caller, alias, f"account {alias} not found")
+    answers = service.execute_package_on_groups(scope, body.groups, body.package, caller.username)
+    return [bodies.queued_answer(scope, a) for a in answers]
+
+
+@v2.get("/operations/{alias}/status/{statusId}", response_model=bodies.OperationStatus, tags=["operations"],
+        responses=READ)
+def operation_status(alias: Alias, status_id: StatusId, caller: Caller, service: Service) -> bodies.OperationStatus:
+    """CLC queue status of one queued server operation: notStarted, executing, succeeded or failed."""
+    missing = f"status {status_id} not found"
+    scope = _own(caller, alias, missing)
+    state = service.execution_state(scope, status_id)
+    return bodies.OperationStatus(status=statuses.queue_status_of(state))
+
+
+@v2.get("/servers/{alias}/{serverId}", response_model=bodies.ServerAnswer, tags=["inventory"], responses=READ)
+def get_server(alias: Alias, server_id: ServerId, caller: Caller, service: Service) -> bodies.ServerAnswer:
+    """One server in the CLC shape."""
+    scope = _own(caller, alias, f"server {server_id} not found")
+    return bodies.server_answer(service.server(scope, server_id))
+
+
+@v2.get("/groups/{alias}/{groupId}", response_model=bodies.GroupAnswer, tags=["inventory"], responses=READ)
+def get_group(alias: Alias, group_id: GroupId, caller: Caller, service: Service) -> bodies.GroupAnswer:
+    """One group in the CLC shape: its nested groups in full and a `server` link per server."""
+    scope = _own(caller, alias, f"group {group_id} not found")
+    return bodies.group_answer(scope, service.group(scope, group_id))
+
+
+@patching.get(
+    "", response_model=list[ExecutionSummary],
+    responses={
+        200: {
+            "description": "the executions, newest first",
+            "headers": {
+                "Link": {"schema": {"type": "string"},
+                         "description": 'the next page, `<…/patch?limit=N&cursor=VA1-132457>; rel="next"`'},
+                "X-Next-Cursor": {"schema": {"type": "string"}, "description": "the cursor of the next page"},
+            },
+        },
+        **READ,
+    },
+)
+def summary(
+    request: Request,
+    response: Response,
+    alias: Alias,
+    server: ServerName,
+    caller: Caller,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="executions per page")] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=EXECUTION_PATTERN, description="the last execution id of the previous page",
+              examples=["VA1-132457"]),
+    ] = None,
+) -> list[ExecutionSummary]:
+    """A server's patch history, newest first; when more remain, `Link: rel="next"` and `X-Next-Cursor`
+    give the next page (pass `cursor`)."""
+    scope = _own(caller, alias, f"server {server} not found")
+    items = service.history(scope, server, limit=limit + 1, before=cursor)
+    page = items[:limit]
+    if len(items) > limit:
+        after = page[-1].execution_id
+        response.headers["Link"] = f'<{request.url.path}?limit={limit}&cursor={after}>; rel="next"'
+        response.headers["X-Next-Cursor"] = after
+    return page
+
+
+@patching.get("/{execution_id}", response_model=ExecutionDetail, responses=READ)
+def detail(alias: Alias, server: ServerName, execution_id: ExecutionId, caller: Caller,
+           service: Service) -> ExecutionDetail:
+    """One execution with every patch it attempted."""
+    scope = _own(caller, alias, f"server {server} not found")
+    return service.detail(scope, server, execution_id)
+
+
+@patching.post("/{execution_id}/cancel", response_model=ExecutionDetail, status_code=202,
+               responses={**WRITE, 409: _error("the execution has already ended")})
+def cancel(alias: Alias, server: ServerName, execution_id: ExecutionId, caller: Operator, service: Service,
+           body: Annotated[bodies.CancelRequest | None, Body()] = None) -> ExecutionDetail:
+    """Stop after the current step and take the server out of maintenance mode; who (the token's user) and
+    why are recorded. Answers the execution as it is now (202: it ends shortly)."""
+    scope = _own(caller, alias, f"server {server} not found")
+    return service.cancel(scope, server, execution_id, caller.username, body.reason if body else None)

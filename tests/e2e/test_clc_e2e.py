@@ -1,0 +1,97 @@
+"""Over HTTP, faults on: a real `patchaas simulator` process (10% 5xx answers, 200 ms latency, a few dropped
+connections, tokens expiring every few seconds), two real workers and beat on the `clc` driver. Fifty
+servers all complete, and each execution's records match what the simulator's fleet, shared through
+PostgreSQL, says was done to the server: every install, reboot and maintenance change exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from orchestrator.api import Patchaas
+from orchestrator.mailsink import MailSink
+from orchestrator.settings import Settings
+from tests.e2e.harness import (
+    Cluster,
+    active_executions,
+    install_fleet,
+    simulator_faults,
+    start_clc_simulator,
+    use_clc_fleet,
+    wait_until,
+)
+from workers.fleet import simulated
+from workers.fleet.simulated import EffectKind, Scenario
+
+COMPLETING = {Scenario.FLAKY_KB: 5, Scenario.PENDING_REBOOT: 5, Scenario.POWERED_OFF: 5, Scenario.UP_TO_DATE: 3}
+DRIVER = {
+    "PATCHAAS_LEASE_SECONDS": "40",  # above the driver's worst case for one call (10 + 15 + 5 s)
+    "PATCHAAS_CLC_POLL_INTERVAL_SECONDS": "0.2",
+    "PATCHAAS_CLC_OPERATION_TIMEOUT_SECONDS": "10",
+    "PATCHAAS_CLC_RETRY_ATTEMPTS": "8",
+    "PATCHAAS_CLC_RETRY_INITIAL_SECONDS": "0.05",
+    "PATCHAAS_CLC_RETRY_MAX_BACKOFF_SECONDS": "1",
+    "PATCHAAS_CLC_RETRY_DEADLINE_SECONDS": "15",
+    "PATCHAAS_CLC_READ_TIMEOUT_SECONDS": "5",
+    "PATCHAAS_CLC_RATE_PER_SECOND": "50",
+}
+
+
+def test_fifty_servers_complete_over_http_despite_faults(
+    pg: str, redis_url: str, mail_sink: MailSink, cluster: Cluster
+) -> None:
+    specs = simulated.build_fleet_specs(50, 50, scenarios=COMPLETING)
+    fleet = install_fleet(pg, specs)
+    url = start_clc_simulator(
+        cluster, "--fault-5xx-rate=0.1", "--latency-ms=200", "--drop-rate=0.01", "--token-ttl=15", "--seed=50"
+    )
+    use_clc_fleet(cluster, url, **DRIVER)
+    cluster.start_worker("w1", concurrency=4)
+    cluster.start_worker("w2", concurrency=4)
+    cluster.start_beat()
+    patching = Patchaas.connect(Settings(database_url=pg, broker_url=redis_url))
+    try:
+        answers = patching.execute_package_on_groups("OSD", ["va1-0001"])
+        assert len(answers) == 50 and all(a.is_queued for a in answers)
+        wait_until(
+            lambda: not active_executions(pg),
+            timeout=110,
+            interval=0.5,
+            on_timeout=lambda: f"still active: {active_executions(pg)}\n{cluster.log('w1')[-3000:]}",
+        )
+        ids = {a.server: str(a.execution_id) for a in answers}
+        for spec in specs:
+            execution_id = ids[spec.name]
+            detail = patching.detail("OSD", spec.name, execution_id)
+            assert detail.status == "completed", (spec.scenario, detail.failure_reason)
+            status = fleet.status(spec.name)
+            assert not status.in_maintenance and status.power_state is spec.power_state
+            kinds = Counter(e.kind for e in fleet.effects(spec.name))
+            assert kinds[EffectKind.MAINTENANCE_ON] == 1 and kinds[EffectKind.MAINTENANCE_OFF] == 1, (
+                spec.scenario,
+                kinds,
+            )
+            # every patch record is one install the fleet received, under that cycle's key, and vice versa
+            installs = [(e.key, e.kb) for e in fleet.effects(spec.name, "install")]
+            records = [(f"{execution_id}:package:{p.cycle}", p.kb) for p in detail.patches]
+            assert sorted(installs) == sorted(records) and len(set(installs)) == len(installs)
+            assert {p.kb for p in detail.patches if p.status == "completed"} == fleet.installed_kbs(spec.name)
+            assert fleet.installed_kbs(spec.name) == {u.kb for u in spec.updates}
+            # one reboot per cycle that asked for one, plus the one pending before the first cycle
+            (summary,) = [s for s in patching.history("OSD", spec.name) if s.execution_id == execution_id]
+            asked = sum(m.reboot_required for m in summary.init_messages)
+            asked += spec.scenario is Scenario.PENDING_REBOOT
+            reboots = [e.key for e in fleet.effects(spec.name, "reboot")]
+            assert len(reboots) == len(set(reboots)) == asked, (spec.scenario, reboots)
+            if spec.scenario is Scenario.POWERED_OFF:
+                assert kinds[EffectKind.POWER_ON] == 1 and kinds[EffectKind.POWER_OFF] == 1
+        faults = simulator_faults(url)
+        assert sum(faults["errors"].values()) > 0 and sum(faults["drops"].values()) > 0, faults
+        assert faults["expiredTokens"] > 0, faults  # the workers logged in again
+        wait_until(
+            lambda: len(mail_sink.messages) >= 100, timeout=30, on_timeout=lambda: f"{len(mail_sink.messages)} emails"
+        )
+        sent = Counter((m["X-Patchaas-Execution"], m["X-Patchaas-Kind"]) for m in mail_sink.messages)
+        for execution_id in ids.values():
+            assert sent[(execution_id, "start")] == 1 and sent[(execution_id, "end")] == 1, execution_id
+    finally:
+        patching.close()
