@@ -8,6 +8,13 @@
     patching.detail("OSD", "VA1OSDPATCH01", answers[0].execution_id)
     patching.cancel("OSD", "VA1OSDPATCH01", answers[0].execution_id, by="jane", reason="change freeze")
 
+    # rate control: 10% of the servers at a time, stop after 2 failures, the canary group first
+    patching.execute_package_on_groups("OSD", ["va1-0001"], max_concurrency="10%", max_errors=2,
+                                       waves=[["va1-0002"]])
+    # a patch window: Patch Tuesday + 3 days, 22:00 Berlin time, 4 hours, no new cycle in the last 30 minutes
+    patching.create_window("OSD", "friday-after", groups=["va1-0001"], monthly="second Tuesday + 3 days at 22:00",
+                           timezone="Europe/Berlin", duration="4h", cutoff="30m", max_concurrency=5)
+
 Every call returns models from `schemas.patching` whose fields match the REST answers. Refusals raise
 `orchestrator.service.ServiceError` (NotFound, Conflict) with a message meant for people.
 """
@@ -17,12 +24,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from orchestrator import rollouts, windows
 from orchestrator.bootstrap import Container
 from orchestrator.service import Conflict, NotFound, ServiceError
 from orchestrator.settings import DEFAULT_PACKAGE_ID, Settings
 from schemas.patching import ExecutionDetail, ExecutionSummary, PackageRequest, QueuedServer
 
 __all__ = ["Conflict", "NotFound", "Patchaas", "ServiceError"]
+
+
+def _rate(max_concurrency: str | int | None, max_errors: str | int | None,
+          waves: Sequence[Sequence[str]] | None) -> rollouts.RateControl | None:
+    if max_concurrency is None and max_errors is None and not waves:
+        return None
+    try:
+        return rollouts.RateControl.parse(max_concurrency, max_errors, waves)
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from None
 
 
 class Patchaas:
@@ -50,10 +68,16 @@ class Patchaas:
         package_id: str = DEFAULT_PACKAGE_ID,
         parameters: Mapping[str, Any] | None = None,
         requested_by: str = "python-api",
+        max_concurrency: str | int | None = None,
+        max_errors: str | int | None = None,
+        waves: Sequence[Sequence[str]] | None = None,
     ) -> list[QueuedServer]:
-        """Patch `servers` of account `alias`; one answer per server (queued with an execution id, or why not)."""
+        """Patch `servers` of account `alias`; one answer per server (queued with an execution id, or why not).
+        `max_concurrency` / `max_errors` (a count or "10%") and `waves` (lists of group ids or server names)
+        make it a rate-controlled rollout."""
         package = PackageRequest(packageId=package_id, parameters=dict(parameters or {}))
-        return self.service.execute_package(alias, list(servers), package, requested_by)
+        rate = _rate(max_concurrency, max_errors, waves)
+        return self.service.execute_package(alias, list(servers), package, requested_by, rate)
 
     def execute_package_on_groups(
         self,
@@ -62,10 +86,61 @@ class Patchaas:
         package_id: str = DEFAULT_PACKAGE_ID,
         parameters: Mapping[str, Any] | None = None,
         requested_by: str = "python-api",
+        max_concurrency: str | int | None = None,
+        max_errors: str | int | None = None,
+        waves: Sequence[Sequence[str]] | None = None,
     ) -> list[QueuedServer]:
-        """Patch every server of the groups and their nested groups."""
+        """Patch every server of the groups and their nested groups (rate-controlled as execute_package)."""
         package = PackageRequest(packageId=package_id, parameters=dict(parameters or {}))
-        return self.service.execute_package_on_groups(alias, list(group_ids), package, requested_by)
+        rate = _rate(max_concurrency, max_errors, waves)
+        return self.service.execute_package_on_groups(alias, list(group_ids), package, requested_by, rate)
+
+    def rollout(self, alias: str, rollout_id: int) -> rollouts.RolloutInfo:
+        """A rollout: its limits, state, stop reason, and its executions counted by status."""
+        return self.service.rollout(alias, rollout_id)
+
+    # --- patch windows ------------------------------------------------------------------------
+
+    def create_window(
+        self,
+        alias: str,
+        name: str,
+        servers: Sequence[str] = (),
+        groups: Sequence[str] = (),
+        cron: str | None = None,
+        monthly: str | None = None,
+        timezone: str = "UTC",
+        duration: str | int = "4h",
+        cutoff: str | int = "30m",
+        max_concurrency: str | int | None = None,
+        max_errors: str | int | None = None,
+        waves: Sequence[Sequence[str]] = (),
+        package_id: str = DEFAULT_PACKAGE_ID,
+        parameters: Mapping[str, Any] | None = None,
+        created_by: str = "python-api",
+    ) -> windows.WindowInfo:
+        """Schedule a patch window: a cron expression or a monthly rule ("second Tuesday + 3 days at 22:00")
+        in `timezone`; no new update cycle starts in the last `cutoff` of its `duration`."""
+        spec = windows.WindowSpec(name=name, servers=list(servers), groups=list(groups), cron=cron, monthly=monthly,
+                                  timezone=timezone, duration=duration, cutoff=cutoff,
+                                  max_concurrency=max_concurrency, max_errors=max_errors,
+                                  waves=[list(w) for w in waves], package_id=package_id,
+                                  parameters=dict(parameters or {}))
+        return windows.WindowService(self.service).create(alias, spec, created_by)
+
+    def list_windows(self, alias: str) -> list[windows.WindowInfo]:
+        """The account's patch windows, with their next occurrences."""
+        return windows.WindowService(self.service).list_windows(alias)
+
+    def window(self, alias: str, window: int | str) -> windows.WindowInfo:
+        """One window (by id or name) with its next and recent occurrences."""
+        service = windows.WindowService(self.service)
+        return service.get(alias, service.find(alias, str(window)))
+
+    def delete_window(self, alias: str, window: int | str) -> windows.WindowInfo:
+        """Delete a window (by id or name): no further occurrence starts."""
+        service = windows.WindowService(self.service)
+        return service.delete(alias, service.find(alias, str(window)))
 
     def history(self, alias: str, server: str, limit: int = 50, before: str | None = None) -> list[ExecutionSummary]:
         """The server's executions, newest first; pass the last id as `before` for the next page."""

@@ -28,6 +28,8 @@ import copy
 import dataclasses
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -93,10 +95,28 @@ class _Step:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """This process's thread pool for fleet calls (created on first use, after a prefork worker forked)."""
+    key = (os.getpid(), threads)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="fleet")
+        return pool
+
+
 def claim_many(
     session: Session, ids: Sequence[str], owner: str, now: datetime, lease: timedelta, early: timedelta
 ) -> list[sa.Row[Any]]:
-    """`executions.claim` for many ids in one statement: the due, unleased ones, leased and counted."""
+    """`executions.claim` for many ids in one statement: the due, unleased ones, leased and counted.
+
+    Only executions whose last step finished (attempts 0): one whose step was interrupted (a crash, a
+    kill, a transient error) runs alone (`suspects`), so a step that kills its process takes down no
+    batch twice, and an innocent execution does not collect attempts for a neighbour's crash."""
     if not ids:
         return []
     table = models.Execution.__table__
@@ -105,6 +125,7 @@ def claim_many(
         .where(
             table.c.id.in_(sorted(set(ids))),
             table.c.ended_at.is_(None),
+            table.c.attempts == 0,
             table.c.next_run_at <= now + early,
             sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
         )
@@ -118,6 +139,22 @@ def claim_many(
         .returning(*table.c)
     )
     return list(session.execute(stmt).all())
+
+
+def suspects(session: Session, ids: Sequence[str], now: datetime, early: timedelta) -> list[str]:
+    """The due, unleased executions of `ids` whose last step was interrupted: each gets its own message."""
+    if not ids:
+        return []
+    table = models.Execution.__table__
+    return list(session.execute(
+        sa.select(table.c.id).where(
+            table.c.id.in_(sorted(set(ids))),
+            table.c.ended_at.is_(None),
+            table.c.attempts > 0,
+            table.c.next_run_at <= now + early,
+            sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
+        )
+    ).scalars())
 
 
 def record_intents(
@@ -188,6 +225,92 @@ def save_many(
     return {row.id: row for row in result}
 
 
+def insert_records(session: Session, records: Sequence[tuple[str, machine.InitiationRecord]]) -> None:
+    """The cycles' initiation rows and their patch rows, for many executions: two statements."""
+    if not records:
+        return
+    initiations = models.Initiation.__table__
+    ids = session.execute(
+        sa.insert(initiations).returning(initiations.c.id, sort_by_parameter_order=True),
+        [executions.initiation_values(execution_id, record) for execution_id, record in records],
+    ).scalars().all()
+    patches = [values for (execution_id, record), initiation_id in zip(records, ids, strict=True)
+               for values in executions.patch_values(execution_id, initiation_id, record)]
+    if patches:
+        session.execute(sa.insert(models.Patch.__table__), patches)
+
+
+def hand_off_emails(dispatcher: Any, ids: Sequence[int], size: int = DEFAULT_SIZE,
+                    spread: int = DEFAULT_SPREAD) -> None:
+    """Give outbox ids to workers: one message each for a few, batch messages (`deliver_many`, when the
+    dispatcher has it) for more, as `hand_off` does for executions."""
+    ids = list(ids)
+    many = getattr(dispatcher, "deliver_many", None)
+    chunk = max(1, min(size, len(ids) // max(1, spread)))
+    if many is None or chunk == 1:
+        for outbox_id in ids:
+            dispatcher.deliver(outbox_id)
+        return
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        if len(part) == 1:
+            dispatcher.deliver(part[0])
+        else:
+            many(part)
+
+
+def claim_emails(session: Session, ids: Sequence[int], now: datetime, hold: timedelta) -> list[sa.Row[Any]]:
+    """`notifications.claim` for many rows in one statement: the unsent, unclaimed ones, held for `hold`."""
+    table = models.Outbox.__table__
+    return list(session.execute(
+        sa.update(table)
+        .where(
+            table.c.id.in_(sorted(set(ids))),
+            table.c.sent_at.is_(None),
+            sa.or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
+        )
+        .values(claimed_until=now + hold, attempts=table.c.attempts + 1)
+        .returning(*table.c)
+    ).all())
+
+
+def deliver_many(engine: Engine, ids: Sequence[int]) -> list[notifications.Delivery]:
+    """`Engine.deliver` for many outbox rows: one transaction claims them all, each is sent (the mailer's
+    own `send`), one transaction marks them all. What a crash between send and mark does is unchanged: the
+    claim's hold runs out and the row is sent again, with the same Message-ID."""
+    now = engine.clock()
+    cfg = engine.config
+
+    def claim(session: Session) -> list[tuple[int, Any, int]]:
+        rows = claim_emails(session, ids, now, cfg.email_hold)
+        return [(row.id, notifications.build_message(row, engine.mail_from), row.attempts) for row in rows]
+
+    claimed = engine._tx(claim)
+    taken = {outbox_id for outbox_id, _, _ in claimed}
+    results = [notifications.Delivery(i, sent=False, error="already sent or being sent")
+               for i in ids if i not in taken]
+    marks: list[tuple[int, str | None, timedelta]] = []
+    for outbox_id, message, attempts in claimed:
+        error: str | None = None
+        try:
+            engine.mailer.send(message)
+        except Exception as exc:  # any SMTP or socket failure: the row stays queued
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("email %s not sent (attempt %d): %s", outbox_id, attempts, error)
+        engine.hooks.reached("after_email", str(outbox_id), "deliver")
+        marks.append((outbox_id, error, _backoff(attempts, cfg.retry_backoff, cfg.max_backoff)))
+        results.append(notifications.Delivery(outbox_id, sent=error is None, error=error))
+
+    def mark(session: Session) -> None:
+        at = engine.clock()
+        for outbox_id, error, retry_in in marks:
+            notifications.mark(session, outbox_id, at, error, retry_in)
+
+    if marks:
+        engine._tx(mark)
+    return results
+
+
 def _jsonable(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -196,23 +319,82 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def hand_off(dispatcher: Any, ids: Sequence[str], size: int = DEFAULT_SIZE, spread: int = DEFAULT_SPREAD) -> None:
-    """Give `ids` to workers. A few ids go one message each (`advance`), so they spread over the worker
-    processes; more go in batch messages (`advance_many`, when the dispatcher has it) of up to `size`, at
-    least `spread` of them."""
+def hand_off(
+    dispatcher: Any, ids: Sequence[str], size: int = DEFAULT_SIZE, spread: int = DEFAULT_SPREAD, delay: float = 0.0
+) -> None:
+    """Give `ids` to workers (after `delay` seconds). A few ids go one message each (`advance`), so they
+    spread over the worker processes; more go in batch messages (`advance_many`, when the dispatcher has
+    it) of up to `size`, at least `spread` of them."""
     ids = list(ids)
     many = getattr(dispatcher, "advance_many", None)
     chunk = max(1, min(size, len(ids) // max(1, spread)))
     if many is None or chunk == 1:
         for execution_id in ids:
-            dispatcher.advance(execution_id, 0.0)
+            dispatcher.advance(execution_id, delay)
         return
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
         if len(part) == 1:
-            dispatcher.advance(part[0], 0.0)
+            dispatcher.advance(part[0], delay)
+        elif delay > 0:
+            many(part, delay)
         else:
             many(part)
+
+
+MAX_TICK_ROUNDS = 20  # a tick claims at most this many times `tick_batch` rows
+
+
+def claim_due_until(
+    session: Session, now: datetime, until: datetime, redrive: timedelta, limit: int
+) -> list[tuple[str, datetime]]:
+    """`executions.claim_due` looking ahead: unleased, undispatched rows due by `until`, locked with SKIP
+    LOCKED and marked dispatched until `until + redrive`; (id, due time), soonest first."""
+    table = models.Execution.__table__
+    rows = session.execute(
+        sa.select(table.c.id, table.c.next_run_at, table.c.lease_expires_at)
+        .where(
+            table.c.ended_at.is_(None),
+            table.c.next_run_at <= until,
+            sa.or_(table.c.dispatched_until.is_(None), table.c.dispatched_until < now),
+            sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
+        )
+        .order_by(table.c.next_run_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    executions.mark_dispatched(session, rows, now, until, redrive)  # re-sends spaced out when overdue
+    return [(r.id, r.next_run_at) for r in rows]
+
+
+def dispatch_due(engine: Engine, now: datetime) -> int:
+    """The tick's hand-off of executions. It claims what is due and what falls due within the short
+    countdown (the tick's own period by default), `tick_batch` rows at a time until fewer come back, and
+    hands them to workers: what is due at once, the rest with a countdown to its time, in groups as wide
+    as the claim's tolerance (`early`), so a timer is handled when it falls due rather than at the next
+    tick. A lost message costs `redrive`, as before: the rows stay marked only that long."""
+    cfg = engine.config
+    until = now + cfg.short_countdown
+    width = cfg.early.total_seconds()
+    total = 0
+    for _ in range(MAX_TICK_ROUNDS):
+        rows = engine._tx(lambda session: claim_due_until(session, now, until, cfg.redrive, cfg.tick_batch))
+        total += len(rows)
+        group: list[str] = []
+        start = 0.0
+        for execution_id, due in rows:
+            wait = max(0.0, (due - now).total_seconds())
+            if group and wait - start >= width:
+                hand_off(engine.dispatcher, group, spread=1, delay=start)  # timers spread the work already
+                group = []
+            if not group:
+                start = wait
+            group.append(execution_id)
+        if group:
+            hand_off(engine.dispatcher, group, spread=1 if start > 0 else DEFAULT_SPREAD, delay=start)
+        if len(rows) < cfg.tick_batch:
+            break
+    return total
 
 
 class BatchRunner:
@@ -229,21 +411,20 @@ class BatchRunner:
         now = engine.clock()
         with engine.sessions.begin() as session:
             rows = claim_many(session, ids, engine.owner, now, engine.config.lease, engine.config.early)
+            alone = suspects(session, ids, now, engine.config.early)
+        for execution_id in alone:
+            engine.dispatcher.advance(execution_id, 0.0)
         steps = [_Step(executions.to_view(r), dict(r.intent) if r.intent else None) for r in rows]
         report.claimed = len(steps)
-        pool = ThreadPoolExecutor(cfg.fleet_threads) if cfg.fleet_threads > 1 and len(steps) > 1 else None
-        try:
-            while steps:
-                report.rounds += 1
-                last_round = (report.rounds >= cfg.max_rounds
-                              or time.monotonic() - started >= cfg.budget.total_seconds())
-                steps, still_due = self._round(steps, report, pool, chain=not last_round)
-                if still_due:
-                    report.handed_off += len(still_due)
-                    hand_off(engine.dispatcher, still_due, cfg.size, spread=1)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+        pool = _pool(cfg.fleet_threads) if cfg.fleet_threads > 1 and len(steps) > 1 else None
+        while steps:
+            report.rounds += 1
+            last_round = (report.rounds >= cfg.max_rounds
+                          or time.monotonic() - started >= cfg.budget.total_seconds())
+            steps, still_due = self._round(steps, report, pool, chain=not last_round)
+            if still_due:
+                report.handed_off += len(still_due)
+                hand_off(engine.dispatcher, still_due, cfg.size, spread=1)
         return report
 
     # --- one round ----------------------------------------------------------------------------
@@ -332,9 +513,8 @@ class BatchRunner:
                 planned.append((s, None))
             else:
                 planned.append((s, machine.decide(s.view, s.event, now, engine.policy)))
-        try:
-            with engine.sessions.begin() as session:
-                outcome = self._write(session, planned, now, chain)
+        try:  # a database blip is ridden out in-process (`Engine._tx`): the round's effects are done already
+            outcome = engine._tx(lambda session: self._write(session, planned, now, chain))
         except sa_exc.OperationalError:
             raise  # the database is away: the task retries; our leases expire and the tick re-drives
         except sa_exc.SQLAlchemyError as error:  # one bad row must not sink the others: save one by one
@@ -356,8 +536,7 @@ class BatchRunner:
         for s, _ in planned:
             if s.view.id in outcome.saved_ids:
                 engine.hooks.reached("after_commit", s.view.id, s.view.state.value)
-        for outbox_id in outcome.outbox_ids:
-            engine.dispatcher.deliver(outbox_id)
+        hand_off_emails(engine.dispatcher, outcome.outbox_ids)
         for execution_id, delay in outcome.countdowns:
             engine.dispatcher.advance(execution_id, delay)
         return outcome.next_steps, outcome.due_now
@@ -391,21 +570,20 @@ class BatchRunner:
                               attempts=values["attempts"] + 1, version=values["version"] + 1, updated_at=now)
             saves.append((s, decision, values, again))
         rows = save_many(session, [(s.view, values) for s, _, values, _ in saves], engine.owner)
-        events: list[dict[str, Any]] = []
-        for s, decision, _, again in saves:
+        saved = [(s, decision, again) for s, decision, _, again in saves if s.view.id in rows]
+        out.conflicts += len(saves) - len(saved)
+        for s, *_ in saves:
+            if s.view.id not in rows:
+                log.info("execution %s moved under us; dropping our step", s.view.id)
+        insert_records(session, [(s.view.id, d.initiation) for s, d, _ in saved if d.initiation is not None])
+        events = [e for e in (executions.event_values(s.view, d, now) for s, d, _ in saved) if e is not None]
+        if events:
+            session.execute(sa.insert(models.ExecutionEvent.__table__), events)
+        for s, decision, again in saved:
             view = s.view
-            row = rows.get(view.id)
-            if row is None:
-                log.info("execution %s moved under us; dropping our step", view.id)
-                out.conflicts += 1
-                continue
+            row = rows[view.id]
             out.saved += 1
             out.saved_ids.add(view.id)
-            if decision.initiation is not None:
-                executions._insert_initiation(session, view.id, decision.initiation)
-            event = executions.event_values(view, decision, now)
-            if event is not None:
-                events.append(event)
             for kind in decision.emails:
                 execution = session.get(models.Execution, view.id, populate_existing=True)
                 if execution is not None:
@@ -421,8 +599,6 @@ class BatchRunner:
                 out.due_now.append(view.id)
             elif due - now <= cfg.short_countdown:
                 out.countdowns.append((view.id, max(0.0, (due - now).total_seconds())))
-        if events:
-            session.execute(sa.insert(models.ExecutionEvent.__table__), events)
         return out
 
 

@@ -78,7 +78,20 @@ def build_fleet(settings: Settings) -> Fleet:
         from workers.fleet import clc
 
         return clc.ClcFleet.from_settings(settings)
-    raise ValueError(f"unknown fleet driver {settings.fleet!r} (PATCHAAS_FLEET); known: simulated, clc")
+    if settings.fleet == "ssh":
+        from workers.fleet import ssh
+
+        return ssh.SshFleet.from_settings(settings)
+    if settings.fleet == "routing":  # per server OS family: Windows → PATCHAAS_WINDOWS_FLEET, Linux → ssh
+        from workers.fleet import routing, ssh
+
+        if settings.windows_fleet in ("routing", "ssh"):
+            raise ValueError(f"PATCHAAS_WINDOWS_FLEET={settings.windows_fleet!r}: choose simulated or clc")
+        windows = build_fleet(settings.model_copy(update={"fleet": settings.windows_fleet}))
+        return routing.RoutingFleet.from_settings(settings, windows=windows, linux=ssh.SshFleet.from_settings(settings))
+    raise ValueError(
+        f"unknown fleet driver {settings.fleet!r} (PATCHAAS_FLEET); known: simulated, clc, ssh, routing"
+    )
 
 
 def build_mailer(settings: Settings) -> notifications.Mailer:

@@ -143,20 +143,42 @@ def execute(
     group: Annotated[list[str] | None, typer.Option(help="group id (repeatable; nested groups included)")] = None,
     package: Annotated[str, typer.Option(help="package id")] = DEFAULT_PACKAGE_ID,
     by: Annotated[str, typer.Option(help="who asks")] = "cli",
+    max_concurrency: Annotated[
+        str | None, typer.Option(help="servers patched at once: a count (5) or a percentage (10%)")] = None,
+    max_errors: Annotated[
+        str | None, typer.Option(help="failures tolerated (count or %); one more stops the rollout")] = None,
+    wave: Annotated[
+        list[str] | None,
+        typer.Option(help="an ordered wave: comma-separated group ids or server names (repeatable; canary first)"),
+    ] = None,
 ) -> None:
-    """Execute the update package on servers or groups."""
+    """Execute the update package on servers or groups (rate-controlled with --max-concurrency, --max-errors,
+    --wave)."""
+    from orchestrator import rollouts
     from orchestrator.api import Patchaas
     from orchestrator.service import ServiceError
 
     if not server and not group:
         raise _fail("give --server or --group", 2)
+    try:
+        rollouts.RateControl.parse(max_concurrency, max_errors, [w.split(",") for w in wave or []])
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    waves = [w.split(",") for w in wave or []] or None
     patching = _patching()
     assert isinstance(patching, Patchaas)
+    rollout_id = None
     try:
         answers = (
-            patching.execute_package(alias, server or [], package, requested_by=by) if server
-            else patching.execute_package_on_groups(alias, group or [], package, requested_by=by)
+            patching.execute_package(alias, server or [], package, requested_by=by, max_concurrency=max_concurrency,
+                                     max_errors=max_errors, waves=waves) if server
+            else patching.execute_package_on_groups(alias, group or [], package, requested_by=by,
+                                                    max_concurrency=max_concurrency, max_errors=max_errors,
+                                                    waves=waves)
         )
+        first = next((a.execution_id for a in answers if a.is_queued and a.execution_id), None)
+        if first is not None and (max_concurrency or max_errors or waves):
+            rollout_id = patching.service.rollout_of(alias, first)
     except (ServiceError, naming.NamingError) as exc:
         raise _fail(getattr(exc, "message", str(exc))) from None
     finally:
@@ -166,6 +188,10 @@ def execute(
             console.print(f"{answer.server}: queued as {answer.execution_id}")
         else:
             console.print(f"{answer.server}: [yellow]not queued[/] — {answer.error_message}")
+    if rollout_id is not None:
+        console.print(f"rollout {rollout_id}: max concurrency {max_concurrency or 'unlimited'}, "
+                      f"max errors {max_errors if max_errors is not None else 'none'}"
+                      + (f", {len(waves)} wave(s) first" if waves else ""))
     if not any(a.is_queued for a in answers):
         raise typer.Exit(1)
 
@@ -233,6 +259,110 @@ def cancel(alias: Annotated[str, typer.Argument()], server: Annotated[str, typer
     finally:
         patching.close()
     console.print(f"{item.execution_id}: cancel requested by {item.cancelled_by} (state {item.state})")
+
+
+# --- patch windows ----------------------------------------------------------------------------
+
+window_app = typer.Typer(help="Scheduled patch windows.", no_args_is_help=True)
+app.add_typer(window_app, name="window")
+
+
+def _window_call(action: Callable[[object], T]) -> T:
+    from orchestrator.api import Patchaas
+    from orchestrator.service import ServiceError
+
+    patching = _patching()
+    assert isinstance(patching, Patchaas)
+    try:
+        return action(patching)
+    except (ServiceError, naming.NamingError) as exc:
+        status = getattr(exc, "status", 400)
+        raise _fail(getattr(exc, "message", str(exc)), 2 if status == 400 else 1) from None
+    finally:
+        patching.close()
+
+
+def _print_window(info: object) -> None:
+    from orchestrator.windows import WindowInfo
+
+    assert isinstance(info, WindowInfo)
+    targets = ", ".join([*info.groups, *info.servers])
+    rate = f"max concurrency {info.max_concurrency or 'unlimited'}, max errors {info.max_errors or 'none'}"
+    console.print(f"window {info.id} [bold]{info.name}[/]: {info.schedule_kind} \"{info.schedule}\" "
+                  f"({info.timezone}), {info.duration} long, cutoff {info.cutoff}; targets {targets}; {rate}")
+    for start in info.next_occurrences:
+        console.print(f"  next: {start:%Y-%m-%d %H:%M} UTC")
+    for occurrence in info.recent_occurrences:
+        console.print(f"  started {occurrence.starts_at:%Y-%m-%d %H:%M} UTC: rollout {occurrence.rollout_id} "
+                      f"({occurrence.rollout_state or '-'}){' — ' + occurrence.note if occurrence.note else ''}")
+
+
+@window_app.command("create")
+def window_create(
+    alias: Annotated[str, typer.Option(help="account alias")],
+    name: Annotated[str, typer.Option(help="the window's name (unique in the account)")],
+    server: Annotated[list[str] | None, typer.Option(help="server name (repeatable)")] = None,
+    group: Annotated[list[str] | None, typer.Option(help="group id (repeatable; nested groups included)")] = None,
+    cron: Annotated[str | None, typer.Option(help='a cron expression, e.g. "0 22 * * 5"')] = None,
+    monthly: Annotated[str | None, typer.Option(help='a monthly rule, e.g. "second Tuesday + 3 days at 22:00"')] = None,
+    timezone: Annotated[str, typer.Option(help="IANA time zone the schedule is read in")] = "UTC",
+    duration: Annotated[str, typer.Option(help="how long the window is open: 4h, 90m, 1h30m")] = "4h",
+    cutoff: Annotated[str, typer.Option(help="no new update cycle starts in the window's last …")] = "30m",
+    max_concurrency: Annotated[str | None, typer.Option(help="a count (5) or a percentage (10%)")] = None,
+    max_errors: Annotated[str | None, typer.Option(help="a count or a percentage")] = None,
+    wave: Annotated[list[str] | None, typer.Option(help="an ordered wave: comma-separated groups/servers")] = None,
+    package: Annotated[str, typer.Option(help="package id")] = DEFAULT_PACKAGE_ID,
+    by: Annotated[str, typer.Option(help="who creates it")] = "cli",
+) -> None:
+    """Schedule a patch window (each occurrence patches its targets as one rate-controlled rollout)."""
+    from orchestrator import windows
+
+    spec = windows.WindowSpec(name=name, servers=server or [], groups=group or [], cron=cron, monthly=monthly,
+                              timezone=timezone, duration=duration, cutoff=cutoff, max_concurrency=max_concurrency,
+                              max_errors=max_errors, waves=[w.split(",") for w in wave or []], package_id=package)
+    try:
+        windows.validate(spec, DEFAULT_PACKAGE_ID)  # bad input exits 2 before anything connects
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+
+    def create(patching: object) -> object:
+        from orchestrator.api import Patchaas
+
+        assert isinstance(patching, Patchaas)
+        return windows.WindowService(patching.service).create(alias, spec, by)
+
+    _print_window(_window_call(create))
+
+
+@window_app.command("list")
+def window_list(alias: Annotated[str, typer.Option(help="account alias")],
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The account's windows and their next occurrences."""
+    import dataclasses
+
+    items = _window_call(lambda patching: patching.list_windows(alias))  # type: ignore[attr-defined]
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(i) for i in items], indent=2, default=str) + "\n")
+        return
+    if not items:
+        console.print(f"account {alias.upper()} has no patch windows")
+    for info in items:
+        _print_window(info)
+
+
+@window_app.command("show")
+def window_show(alias: Annotated[str, typer.Option(help="account alias")],
+                window: Annotated[str, typer.Argument(help="window id or name")]) -> None:
+    """One window with its next and recent occurrences."""
+    _print_window(_window_call(lambda patching: patching.window(alias, window)))  # type: ignore[attr-defined]
+
+
+@window_app.command("delete")
+def window_delete(alias: Annotated[str, typer.Option(help="account alias")],
+                  window: Annotated[str, typer.Argument(help="window id or name")]) -> None:
+    """Delete a window: no further occurrence starts (a running one goes on until its cutoff)."""
+    info = _window_call(lambda patching: patching.delete_window(alias, window))  # type: ignore[attr-defined]
+    console.print(f"window {info.id} {info.name} deleted")
 
 
 # --- the REST API, its accounts and users ---------------------------------------------------

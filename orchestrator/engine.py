@@ -290,14 +290,12 @@ class Engine:
     def tick(self) -> tuple[int, int]:
         """Claim due executions and unsent emails and hand them to the dispatcher; (steps, emails)."""
         now = self.clock()
-        due = self._tx(lambda session: executions.claim_due(session, now, self.config.redrive, self.config.tick_batch))
-        batch.hand_off(self.dispatcher, due)  # batch messages when the dispatcher sends them (orchestrator/batch.py)
+        steps = batch.dispatch_due(self, now)  # due and soon-due rows, with countdowns (orchestrator/batch.py)
         emails = self._tx(
             lambda session: notifications.claim_unsent(session, now, self.config.redrive, self.config.tick_batch)
         )
-        for outbox_id in emails:
-            self.dispatcher.deliver(outbox_id)
-        return len(due), len(emails)
+        batch.hand_off_emails(self.dispatcher, emails)  # batch messages when the dispatcher sends them
+        return steps, len(emails)
 
     # --- emails -------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from orchestrator import messages
-from schemas.fleet import CycleReport, CycleState, PowerState, ResultCode, ServerStatus
+from schemas.fleet import CycleReport, CycleState, PackageUpdate, PowerState, ResultCode, ServerStatus
 from schemas.selection import PatchSelection, RebootPolicy, selection_of
 
 
@@ -96,6 +96,7 @@ class ExecutionView:
     installed_count: int = 0
     package_id: str = ""
     parameters: Mapping[str, object] = field(default_factory=dict)
+    not_after: datetime | None = None  # a patch window's end minus its cutoff: no new update cycle after it
 
     @property
     def terminal(self) -> bool:
@@ -273,6 +274,9 @@ class PatchRecord:
     status: str  # completed | failed
     begin_message: str
     end_message: str
+    from_version: str | None = None  # Linux packages: the version before the cycle
+    to_version: str | None = None  # … and the one offered / installed
+    output: str | None = None  # the package manager's output when the install failed
 
 
 @dataclass(frozen=True)
@@ -464,7 +468,17 @@ def _next_cycle(view: ExecutionView, now: datetime, policy: Policy, note: str) -
         if view.quarantined:
             reason = f"{reason}; {messages.quarantine_reason(view.quarantined)}"
         return _abandon(view, Outcome.FAILED, reason, now)
+    if view.not_after is not None and now >= view.not_after:
+        # the server is between cycles (no reboot owed): stop here, clean up; the next window patches the rest
+        return _abandon(view, Outcome.CANCELLED, window_closed_reason(view.not_after, view.cycle), now)
     return _go(dataclasses.replace(view, cycle=cycle), State.INVOKING_PACKAGE, now, f"{note}: cycle {cycle}")
+
+
+def window_closed_reason(not_after: datetime, cycles_done: int) -> str:
+    """Why a run stopped at its patch window's cutoff."""
+    done = f"after cycle {cycles_done}" if cycles_done else "before the first cycle"
+    return (f"the patch window closes at {not_after:%Y-%m-%d %H:%M} UTC (end minus cutoff): no new update cycle "
+            f"started {done}; it resumes in the next window")
 
 
 def _abandon(view: ExecutionView, outcome: Outcome, reason: str, now: datetime) -> Decision:
@@ -492,7 +506,8 @@ def _search_failed(view: ExecutionView, report: CycleReport, now: datetime, poli
     code = f"result code {int(report.result_code)}, HRESULT {messages.hresult_hex(report.hresult)}"
     initiation = InitiationRecord(
         cycle=view.cycle, started_at=report.started_at, ended_at=report.finished_at or now,
-        begin_message=messages.INIT_BEGIN, end_message=f"Update Search Failed: {code}", updates_found=0,
+        begin_message=messages.init_begin(view.package_id), end_message=f"Update Search Failed: {code}",
+        updates_found=0,
         reboot_required=report.reboot_required, result_code=int(report.result_code), hresult=report.hresult,
         patches=(),
     )
@@ -531,21 +546,23 @@ def _cycle_finished(view: ExecutionView, report: CycleReport, now: datetime, pol
     installed_now = 0
     for update in report.updates:
         ok = update.result_code in (ResultCode.SUCCEEDED, ResultCode.SUCCEEDED_WITH_ERRORS)
-        if update.kb in view.installed_kbs and update.kb not in quarantined:
-            quarantined[update.kb] = "update loop: offered again after it was installed"
+        ident = update.ident  # the KB, or a Linux package's name
+        if ident in view.installed_kbs and ident not in quarantined:
+            quarantined[ident] = "update loop: offered again after it was installed"
         if ok:
-            installed_now += update.kb not in installed
-            installed.add(update.kb)
+            installed_now += ident not in installed
+            installed.add(ident)
         else:
-            failures[update.kb] = failures.get(update.kb, 0) + 1
-            if failures[update.kb] >= policy.max_kb_failures and update.kb not in quarantined:
-                quarantined[update.kb] = (
-                    f"failed {failures[update.kb]} times (last: result code {int(update.result_code)}, "
+            failures[ident] = failures.get(ident, 0) + 1
+            if failures[ident] >= policy.max_kb_failures and ident not in quarantined:
+                quarantined[ident] = (
+                    f"failed {failures[ident]} times (last: result code {int(update.result_code)}, "
                     f"HRESULT {messages.hresult_hex(update.hresult)})"
                 )
+        linux = update if isinstance(update, PackageUpdate) else None
         patches.append(
             PatchRecord(
-                kb=update.kb,
+                kb=ident,
                 title=update.title,
                 url=update.url,
                 classification=update.classification,
@@ -555,6 +572,9 @@ def _cycle_finished(view: ExecutionView, report: CycleReport, now: datetime, pol
                 status="completed" if ok else "failed",
                 begin_message=messages.patch_begin(update.title),
                 end_message=messages.patch_end(int(update.result_code), update.hresult),
+                from_version=linux.from_version if linux else None,
+                to_version=linux.to_version if linux else None,
+                output=(linux.output or None) if linux and not ok else None,
             )
         )
     nothing_left = not report.updates
@@ -568,7 +588,7 @@ def _cycle_finished(view: ExecutionView, report: CycleReport, now: datetime, pol
         cycle=view.cycle,
         started_at=report.started_at,
         ended_at=report.finished_at or now,
-        begin_message=messages.INIT_BEGIN,
+        begin_message=messages.init_begin(view.package_id),
         end_message=(messages.scan_end([u.url for u in report.updates]) if selection.scan_only
                      else messages.init_end([u.url for u in report.updates])),
         updates_found=len(report.updates),

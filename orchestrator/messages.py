@@ -8,6 +8,20 @@ from datetime import timedelta
 INIT_BEGIN = "Invoking SUS API"
 EXECUTION_BEGIN = "Update Process BEGIN"
 EXECUTION_END = "Updating Complete"
+INIT_BEGIN_YUM = "Invoking yum check-update"  # the original's Linux text ("Yum Update" package)
+INIT_BEGIN_APT = "Invoking apt-get update"  # its apt equivalent
+
+# the Linux packages of orchestrator/packages.py; every other package is Windows Update ("Invoking SUS API")
+_INIT_BEGIN_OF_PACKAGE = {
+    "5d743f04-a9ce-4174-a7c8-52df93c47c08": INIT_BEGIN_YUM,
+    "c3c6642e-24e1-4c37-b56a-1cf1476ee360": INIT_BEGIN_YUM,
+    "7c1e5d0a-4b8f-4e21-9a3d-0f6b2c8e1a57": INIT_BEGIN_APT,
+}
+
+
+def init_begin(package_id: str) -> str:
+    """The begin message of one cycle of `package_id`."""
+    return _INIT_BEGIN_OF_PACKAGE.get(package_id.lower(), INIT_BEGIN)
 
 
 def init_end(urls: Iterable[str]) -> str:

@@ -119,6 +119,14 @@ class Execution(Base):
     installed_kbs: Mapped[list[str]] = mapped_column(JSONType, default=list)
     quarantined: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     installed_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # rate-controlled rollouts and patch windows (migration 0004, orchestrator/rollouts.py): a held execution
+    # has next_run_at NULL until the rollout's gate releases it; no new update cycle starts after not_after
+    rollout_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("rollouts.id", ondelete="SET NULL"), index=True, default=None
+    )
+    rollout_position: Mapped[int | None] = mapped_column(sa.Integer, default=None)
+    rollout_wave: Mapped[int | None] = mapped_column(sa.Integer, default=None)
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -166,7 +174,7 @@ class Patch(Base):
     execution_id: Mapped[str] = mapped_column(sa.ForeignKey("executions.id", ondelete="CASCADE"))
     initiation_id: Mapped[int] = mapped_column(sa.ForeignKey("initiations.id", ondelete="CASCADE"))
     cycle: Mapped[int] = mapped_column(sa.Integer)
-    kb: Mapped[str] = mapped_column(sa.String(16))
+    kb: Mapped[str] = mapped_column(sa.String(100))  # a KB, or a Linux package's name (migration 0003)
     title: Mapped[str] = mapped_column(sa.String(500))
     url: Mapped[str] = mapped_column(sa.String(500), default="")
     classification: Mapped[str] = mapped_column(sa.String(64), default="")
@@ -178,6 +186,10 @@ class Patch(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     begin_message: Mapped[str] = mapped_column(sa.String(600))
     end_message: Mapped[str | None] = mapped_column(sa.String(200))
+    # Linux packages (migration 0003): versions before → after, and the package manager's output on failure
+    from_version: Mapped[str | None] = mapped_column(sa.String(100))
+    to_version: Mapped[str | None] = mapped_column(sa.String(100))
+    output: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class ExecutionEvent(Base):
@@ -245,3 +257,90 @@ class Token(Base):
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SshHost(Base):
+    """How the `ssh` fleet driver reaches a Linux server, and its maintenance flag (Linux hosts have no
+    control plane: the flag lives here, mirrored by /etc/patchaas/maintenance on the host).
+
+    `key_ref` names a private key: an absolute path on the worker, or a file name resolved in
+    PATCHAAS_SSH_KEY_DIR. The key itself is never stored here or logged."""
+
+    __tablename__ = "ssh_hosts"
+
+    server_name: Mapped[str] = mapped_column(sa.ForeignKey("servers.name", ondelete="CASCADE"), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    port: Mapped[int] = mapped_column(sa.Integer, default=22)
+    username: Mapped[str] = mapped_column(sa.String(64), default="root")
+    key_ref: Mapped[str] = mapped_column(sa.String(500))
+    package_manager: Mapped[str] = mapped_column(sa.String(8))  # apt | dnf | yum
+    in_maintenance: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Rollout(Base):
+    """A group action or a window occurrence released a few servers at a time (orchestrator/rollouts.py)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    account_alias: Mapped[str] = mapped_column(sa.ForeignKey("accounts.alias"), index=True)
+    requested_by: Mapped[str] = mapped_column(sa.String(200))
+    max_concurrency: Mapped[str | None] = mapped_column(sa.String(16))  # as asked: "5" or "10%"
+    max_errors: Mapped[str | None] = mapped_column(sa.String(16))
+    concurrency_limit: Mapped[int] = mapped_column(sa.Integer)  # resolved against `total`
+    error_limit: Mapped[int | None] = mapped_column(sa.Integer)  # failures tolerated; one more stops it
+    waves: Mapped[int] = mapped_column(sa.Integer, default=1)
+    total: Mapped[int] = mapped_column(sa.Integer, default=0)
+    state: Mapped[str] = mapped_column(sa.String(16))  # running | stopped | completed
+    stop_reason: Mapped[str | None] = mapped_column(sa.Text)
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a window's end minus its cutoff
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PatchWindow(Base):
+    """A scheduled patch window (orchestrator/windows.py): targets, a cron or monthly schedule in a time
+    zone, a duration and a cutoff, rate-control options and the package to run."""
+
+    __tablename__ = "patch_windows"
+    __table_args__ = (sa.UniqueConstraint("account_alias", "name", name="uq_patch_windows_account_name"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    account_alias: Mapped[str] = mapped_column(sa.ForeignKey("accounts.alias"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    servers: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    groups: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    schedule_kind: Mapped[str] = mapped_column(sa.String(8))  # cron | monthly
+    schedule: Mapped[str] = mapped_column(sa.String(200))
+    timezone: Mapped[str] = mapped_column(sa.String(64))
+    duration_seconds: Mapped[int] = mapped_column(sa.Integer)
+    cutoff_seconds: Mapped[int] = mapped_column(sa.Integer)
+    max_concurrency: Mapped[str | None] = mapped_column(sa.String(16))
+    max_errors: Mapped[str | None] = mapped_column(sa.String(16))
+    waves: Mapped[list[list[str]]] = mapped_column(JSONType, default=list)
+    package_id: Mapped[str] = mapped_column(sa.String(36))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WindowOccurrence(Base):
+    """One occurrence of a patch window, started once: the unique key (window, start) is inserted with
+    ON CONFLICT DO NOTHING in the transaction that creates its rollout."""
+
+    __tablename__ = "window_occurrences"
+    __table_args__ = (sa.UniqueConstraint("window_id", "starts_at", name="uq_window_occurrences_window_start"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    window_id: Mapped[int] = mapped_column(sa.ForeignKey("patch_windows.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    rollout_id: Mapped[int | None] = mapped_column(sa.ForeignKey("rollouts.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    note: Mapped[str | None] = mapped_column(sa.Text)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import batch, machine, messages, models, naming, notifications, packages
+from orchestrator import batch, bulk, machine, messages, models, naming, notifications, packages, rollouts
 from orchestrator import engine as engine_mod
 from schemas import selection
 from schemas.patching import (
@@ -33,6 +33,17 @@ CLC_NOT_QUEUED = (
     "The operation cannot be queued because the server cannot be found or it is not in a valid state."
 )
 MAX_PAGE = 500
+
+
+def unsupported_message(pkg: packages.Package, os_type: str) -> str:
+    """Why a server's OS refuses the package."""
+    supported = ", ".join(sorted(pkg.os_types))
+    return f"{CLC_NOT_QUEUED} The package {pkg.name} does not support {os_type} (supported: {supported})."
+
+
+def busy_message(name: str, active: str) -> str:
+    """Why a server that is being patched refuses another execution."""
+    return f"{CLC_NOT_QUEUED} Server {name} is already being patched by execution {active}."
 
 
 class ServiceError(Exception):
@@ -55,6 +66,25 @@ class Conflict(ServiceError):
     """The thing exists but is not in a state that allows the request."""
 
     status = 409
+
+
+@dataclass(frozen=True)
+class RolloutLaunch:
+    """A rollout just created (not committed yet): the CLC answers, and what to hand over after commit."""
+
+    answers: list[QueuedServer]
+    rollout_id: int
+    released: tuple[str, ...]
+    outbox_ids: tuple[int, ...]
+
+
+def _is_group_id(raw: str) -> bool:
+    """Whether `raw` reads as a group id (va1-0001) rather than a server name."""
+    try:
+        naming.check_group_id(raw)
+    except naming.NamingError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -97,13 +127,16 @@ class PatchService:
         self.dispatcher = dispatcher
         self.clock = clock
         self.redrive = redrive  # what we dispatch right after commit, the tick leaves alone this long
+        self.bulk_from = 2  # requests for at least this many servers are accepted in bulk (orchestrator/bulk.py)
 
     # --- requests -----------------------------------------------------------------------------
 
     def execute_package(
-        self, alias: str, servers: Sequence[str], package: PackageRequest, requested_by: str
+        self, alias: str, servers: Sequence[str], package: PackageRequest, requested_by: str,
+        rate: rollouts.RateControl | None = None,
     ) -> list[QueuedServer]:
-        """Queue one execution per server; each server is answered on its own (CLC semantics)."""
+        """Queue one execution per server; each server is answered on its own (CLC semantics). With `rate`
+        (max concurrency, error threshold, waves) they are queued as one rollout (orchestrator/rollouts.py)."""
         alias = naming.check_alias(alias)
         try:
             pkg = packages.get(package.package_id)
@@ -115,31 +148,132 @@ class PatchService:
             raise ServiceError(str(exc)) from None
         if not servers:
             raise ServiceError("no servers given")
+        if rate is not None and not rate.empty:
+            return self._execute_rollout(alias, servers, package, requested_by, rate)
         answers: list[QueuedServer] = []
         queued: list[tuple[str, int | None]] = []
         now = self.clock()
         with self.sessions.begin() as session:
-            for raw in servers:
-                answer, outbox_id = self._queue_one(session, alias, raw, pkg, package, requested_by, now)
+            if len(servers) >= self.bulk_from:
+                results = bulk.queue_many(self, session, alias, servers, pkg, package, requested_by, now)
+            else:
+                results = [self._queue_one(session, alias, raw, pkg, package, requested_by, now) for raw in servers]
+            for answer, outbox_id in results:
                 answers.append(answer)
                 if answer.is_queued and answer.execution_id:
                     queued.append((answer.execution_id, outbox_id))
         batch.hand_off(self.dispatcher, [execution_id for execution_id, _ in queued])  # batches when it can
-        for _, outbox_id in queued:
-            if outbox_id is not None:
-                self.dispatcher.deliver(outbox_id)
+        batch.hand_off_emails(self.dispatcher, [outbox_id for _, outbox_id in queued if outbox_id is not None])
         return answers
 
     def execute_package_on_groups(
-        self, alias: str, group_ids: Sequence[str], package: PackageRequest, requested_by: str
+        self, alias: str, group_ids: Sequence[str], package: PackageRequest, requested_by: str,
+        rate: rollouts.RateControl | None = None,
     ) -> list[QueuedServer]:
-        """The group action: every server of the groups and their subgroups, each answered on its own."""
+        """The group action: every server of the groups and their subgroups, each answered on its own;
+        rate-controlled when `rate` is given."""
         alias = naming.check_alias(alias)
         with self.sessions() as session:
             names = self.servers_in_groups(session, alias, group_ids)
         if not names:
             raise ServiceError("the groups hold no servers")
-        return self.execute_package(alias, names, package, requested_by)
+        return self.execute_package(alias, names, package, requested_by, rate)
+
+    # --- rollouts (orchestrator/rollouts.py) ---------------------------------------------------
+
+    def _execute_rollout(
+        self, alias: str, servers: Sequence[str], package: PackageRequest, requested_by: str,
+        rate: rollouts.RateControl,
+    ) -> list[QueuedServer]:
+        now = self.clock()
+        with self.sessions.begin() as session:
+            launch = self.start_rollout(session, alias, servers, package, requested_by, rate, now)
+        rollouts.hand_off(self.dispatcher, launch.released, launch.outbox_ids)
+        return launch.answers
+
+    def start_rollout(
+        self, session: Session, alias: str, servers: Sequence[str], package: PackageRequest, requested_by: str,
+        rate: rollouts.RateControl, now: datetime, not_after: datetime | None = None,
+    ) -> RolloutLaunch:
+        """In the caller's transaction: accept the servers exactly as a plain request does (same checks, same
+        CLC answers), hold the queued executions (not due, no start email yet) as one rollout, and let the
+        gate release the first ones. The caller hands `released` and `outbox_ids` over after commit."""
+        try:
+            pkg = packages.get(package.package_id)
+            selection.parse(package.parameters)
+        except (packages.UnknownPackage, ValueError) as exc:
+            raise ServiceError(str(exc)) from None
+        waves = [self._wave_members(session, alias, index, wave) for index, wave in enumerate(rate.waves, 1)]
+        if len(servers) >= self.bulk_from:
+            results = bulk.queue_many(self, session, alias, servers, pkg, package, requested_by, now)
+        else:
+            results = [self._queue_one(session, alias, raw, pkg, package, requested_by, now) for raw in servers]
+        answers = [answer for answer, _ in results]
+        queued = [a for a in answers if a.is_queued and a.execution_id]
+        wave_of = rollouts.assign_waves([a.server for a in queued], waves)
+        ordered = sorted(enumerate(queued), key=lambda item: (wave_of[item[1].server], item[0]))
+        row = models.Rollout(
+            account_alias=alias, requested_by=requested_by[:200],
+            max_concurrency=str(rate.max_concurrency) if rate.max_concurrency else None,
+            max_errors=str(rate.max_errors) if rate.max_errors is not None else None,
+            concurrency_limit=rollouts.concurrency_limit(rate.max_concurrency, len(queued)),
+            error_limit=rollouts.error_limit(rate.max_errors, len(queued)),
+            waves=len(set(wave_of.values())) or 1, total=len(queued), state=rollouts.RolloutState.RUNNING.value,
+            not_after=not_after, created_at=now, updated_at=now,
+        )
+        session.add(row)
+        session.flush()
+        if queued:
+            table = models.Execution.__table__
+            session.execute(
+                sa.update(table).where(table.c.id == sa.bindparam("b_id")).values(
+                    next_run_at=None, dispatched_until=None, not_after=not_after, rollout_id=row.id,
+                    rollout_position=sa.bindparam("b_position"), rollout_wave=sa.bindparam("b_wave")),
+                [{"b_id": a.execution_id, "b_position": position, "b_wave": wave_of[a.server]}
+                 for position, (_, a) in enumerate(ordered)],
+            )
+            # held: the start email is queued when the gate releases the execution
+            outbox = models.Outbox.__table__
+            session.execute(sa.delete(outbox).where(outbox.c.execution_id.in_([a.execution_id for a in queued]),
+                                                    outbox.c.kind == "start"))
+        applied = rollouts.apply(session, row, now, self.redrive)
+        log.info("rollout %s: %d servers queued (%s)", row.id, len(queued), rate.describe())
+        return RolloutLaunch(answers, row.id, applied.released, applied.outbox_ids)
+
+    def _wave_members(self, session: Session, alias: str, index: int, wave: Sequence[str]) -> set[str]:
+        """The servers a wave names: group ids (nested groups included) and server names."""
+        members: set[str] = set()
+        for raw in wave:
+            if _is_group_id(raw):
+                members.update(self.servers_in_groups(session, alias, [raw]))
+                continue
+            try:
+                members.add(naming.check_server_name(raw))
+            except naming.NamingError:
+                raise ServiceError(f"wave {index}: {raw!r} is neither a group id (va1-0001) nor a server name "
+                                   "(VA1OSDPATCH01)") from None
+        return members
+
+    def rollout(self, alias: str, rollout_id: int) -> rollouts.RolloutInfo:
+        """A rollout of the account: limits, state, why it stopped, and its executions counted by status."""
+        alias = naming.check_alias(alias)
+        with self.sessions() as session:
+            row = session.get(models.Rollout, rollout_id)
+            if row is None or row.account_alias != alias:
+                raise NotFound(f"rollout {rollout_id} not found")
+            return rollouts.info(session, row)
+
+    def rollout_of(self, alias: str, execution_id: str) -> int | None:
+        """The rollout an execution of the account belongs to (None: a plain request)."""
+        alias = naming.check_alias(alias)
+        with self.sessions() as session:
+            row = session.execute(
+                sa.select(models.Execution.rollout_id, models.Execution.account_alias)
+                .where(models.Execution.id == naming.check_execution_id(execution_id))
+            ).first()
+        if row is None or row.account_alias != alias:
+            raise NotFound(f"execution {execution_id} not found")
+        return row.rollout_id
 
     def servers_in_groups(self, session: Session, alias: str, group_ids: Iterable[str]) -> list[str]:
         """Names of the servers in `group_ids` and all their nested groups, in a stable order."""
@@ -186,11 +320,7 @@ class PatchService:
         if server is None or server.account_alias != alias:
             return QueuedServer(server=raw, is_queued=False, error_message=CLC_NOT_QUEUED), None
         if not pkg.supports(server.os_type):
-            supported = ", ".join(sorted(pkg.os_types))
-            message = (
-                f"{CLC_NOT_QUEUED} The package {pkg.name} does not support {server.os_type} "
-                f"(supported: {supported})."
-            )
+            message = unsupported_message(pkg, server.os_type)
             return QueuedServer(server=name, is_queued=False, error_message=message), None
         for _ in range(5):
             active = session.scalar(
@@ -199,30 +329,9 @@ class PatchService:
                 )
             )
             if active is not None:
-                message = f"{CLC_NOT_QUEUED} Server {name} is already being patched by execution {active}."
-                return QueuedServer(server=name, is_queued=False, error_message=message), None
+                return QueuedServer(server=name, is_queued=False, error_message=busy_message(name, active)), None
             execution = models.Execution(
-                id=naming.new_execution_id(server.datacenter),
-                server_name=name,
-                account_alias=alias,
-                package_id=pkg.id,
-                parameters=dict(package.parameters),
-                requested_by=requested_by,
-                state=machine.State.REQUESTED.value,
-                version=0,
-                cycle=0,
-                attempts=0,
-                next_run_at=now,
-                dispatched_until=now + self.redrive,
-                kb_failures={},
-                installed_kbs=[],
-                quarantined={},
-                installed_count=0,
-                cancel_requested=False,
-                created_at=now,
-                started_at=now,
-                updated_at=now,
-                begin_message=messages.EXECUTION_BEGIN,
+                **self.execution_values(name, server.datacenter, alias, pkg, package, requested_by, now)
             )
             try:
                 with session.begin_nested():
@@ -235,6 +344,35 @@ class PatchService:
                 outbox.id if outbox else None
             )
         raise ServiceError(f"could not allocate an execution for {name}; try again")
+
+    def execution_values(
+        self, name: str, datacenter: str, alias: str, pkg: packages.Package, package: PackageRequest,
+        requested_by: str, now: datetime,
+    ) -> dict[str, object]:
+        """The columns of a new execution of `pkg` on server `name` (a fresh random id)."""
+        return {
+            "id": naming.new_execution_id(datacenter),
+            "server_name": name,
+            "account_alias": alias,
+            "package_id": pkg.id,
+            "parameters": dict(package.parameters),
+            "requested_by": requested_by,
+            "state": machine.State.REQUESTED.value,
+            "version": 0,
+            "cycle": 0,
+            "attempts": 0,
+            "next_run_at": now,
+            "dispatched_until": now + self.redrive,
+            "kb_failures": {},
+            "installed_kbs": [],
+            "quarantined": {},
+            "installed_count": 0,
+            "cancel_requested": False,
+            "created_at": now,
+            "started_at": now,
+            "updated_at": now,
+            "begin_message": messages.EXECUTION_BEGIN,
+        }
 
     def cancel(self, alias: str, server: str, execution_id: str, by: str, reason: str | None) -> ExecutionDetail:
         """Ask a running execution to stop after its current step; cleanup takes the server out of

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(default=None, description="smtp://host:port; unset = emails stay queued")
     mail_from: str = "patching@patchaas.local"
 
-    fleet: str = Field(default="simulated", description="fleet driver: simulated")
+    fleet: str = Field(default="simulated", description="fleet driver: simulated | clc | ssh | routing")
     sim_state_url: str | None = Field(
         default=None, description="where the simulated fleet keeps its state (shared by processes)"
     )
@@ -91,6 +91,28 @@ class Settings(BaseSettings):
     clc_operation_timeout_seconds: float = Field(
         default=60.0, gt=0, description="how long set maintenance / power off may stay queued"
     )
+
+    windows_fleet: str = Field(
+        default="simulated", description="PATCHAAS_FLEET=routing: the driver for Windows servers (simulated | clc)"
+    )
+    ssh_known_hosts: str | None = Field(
+        default=None, description="the ssh driver: OpenSSH known_hosts file pinning every host's key"
+    )
+    ssh_key_dir: str | None = Field(default=None, description="where relative ssh_hosts.key_ref names resolve")
+    ssh_accept_unknown_host_keys: bool = Field(
+        default=False, description="tests only: accept (AutoAddPolicy) host keys missing from known_hosts"
+    )
+    ssh_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    ssh_command_timeout_seconds: float = Field(default=120.0, gt=0)
+    ssh_retry_attempts: int = Field(default=4, ge=1, description="attempts per command on connection errors")
+    ssh_retry_initial_seconds: float = Field(default=0.5, ge=0)
+    ssh_retry_max_backoff_seconds: float = Field(default=5.0, ge=0)
+    ssh_retry_deadline_seconds: float = Field(default=30.0, gt=0)
+    ssh_reboot_command: str = Field(default="systemctl reboot", description="how the ssh driver reboots a host")
+    ssh_yum_excludes: str = Field(
+        default="kernel* nss*", description="dnf/yum: package globs never upgraded (the original's default)"
+    )
+    ssh_apt_excludes: str = Field(default="", description="apt: package globs never upgraded")
 
     def policy(self) -> Policy:
         """The state machine's guards."""

@@ -89,6 +89,32 @@ class UpdateResult(BaseModel):
     def _hresult(cls, value: int | str | None) -> int:
         return normalize_hresult(value)
 
+    @property
+    def ident(self) -> str:
+        """What identifies this update in the run's ledger (failures, loops, quarantine): its KB."""
+        return str(self.kb)
+
+
+class PackageUpdate(UpdateResult):
+    """One Linux package (apt or dnf/yum) offered for upgrade and what its upgrade did.
+
+    A subclass, so the Windows contract is untouched: `CycleReport.updates` still holds `UpdateResult`s
+    (and its JSON Schema, which the PowerShell package writes, is unchanged); a Linux driver puts these
+    in it. The package name, not a KB, identifies the update (`ident`); `kb` stays empty.
+    """
+
+    kb: str | None = None  # type: ignore[assignment]
+    package: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9+._~@-]{0,99}$", description="apt/rpm package name")
+    from_version: str | None = Field(default=None, max_length=100, description="installed before the cycle")
+    to_version: str | None = Field(default=None, max_length=100, description="offered / installed after")
+    output: str = Field(default="", description="the package manager's output when the upgrade failed")
+    url: str = ""
+    classification: str = "Package Upgrades"
+
+    @property
+    def ident(self) -> str:
+        return self.package
+
 
 class CycleState(StrEnum):
     """Where a cycle of the package is."""

@@ -4,7 +4,7 @@ steps until every execution has ended. Real code paths, no mocks of our own inte
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -84,14 +84,22 @@ def register(container: Container, specs: Sequence[simulated.SimServerSpec], gro
 
 
 def drive(container: Container, dispatcher: ListDispatcher, clock: FakeClock, max_rounds: int = 10_000,
-          step_seconds: float = 1.0) -> int:
-    """Run queued steps and emails; when idle, move the clock and tick; stop when nothing is active."""
+          step_seconds: float = 1.0, on_tick: Callable[[], object] | None = None,
+          on_step: Callable[[], object] | None = None) -> int:
+    """Run queued steps and emails; when idle, move the clock and tick; stop when nothing is active.
+    `on_tick` runs with every tick (e.g. the rollout gate, the window task); `on_step` after every step."""
     for rounds in range(max_rounds):
         while dispatcher.steps or dispatcher.emails:
             while dispatcher.steps:
                 container.engine.advance(dispatcher.steps.popleft())
+                if on_step is not None:
+                    on_step()
             while dispatcher.emails:
                 container.engine.deliver(dispatcher.emails.popleft())
+        if on_tick is not None:
+            on_tick()
+            if dispatcher.steps or dispatcher.emails:
+                continue
         if not active(container):
             container.engine.tick()
             while dispatcher.emails:

@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 
 ADVANCE = "patchaas.advance"
 ADVANCE_BATCH = "patchaas.advance_batch"
+DELIVER_BATCH = "patchaas.deliver_batch"
 TICK = "patchaas.tick"
 DELIVER_EMAIL = "patchaas.deliver_email"
+ROLLOUTS = "patchaas.rollouts"  # the rollout gate: release held executions, stop at the error threshold
+WINDOWS = "patchaas.windows"  # start each open patch-window occurrence once
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -47,6 +50,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule": {
             "patchaas-tick": {"task": TICK, "schedule": settings.tick_seconds, "options": {"expires": 60}},
+            "patchaas-windows": {"task": WINDOWS, "schedule": settings.tick_seconds, "options": {"expires": 60}},
+            "patchaas-rollouts": {"task": ROLLOUTS, "schedule": settings.tick_seconds, "options": {"expires": 60}},
         },
     }
 
@@ -104,6 +109,39 @@ def create_app(settings: Settings, container: Callable[[], Container] | None = N
         """Send one email of the outbox."""
         delivery = holder.get().engine.deliver(outbox_id)
         return "sent" if delivery.sent else f"not sent: {delivery.error}"
+
+    @app.task(name=DELIVER_BATCH, shared=False, **retry_db)
+    def deliver_batch(outbox_ids: list[int]) -> str:
+        """Send many emails of the outbox: one transaction claims them, one marks them (orchestrator/batch.py)."""
+        from orchestrator import batch
+
+        deliveries = batch.deliver_many(holder.get().engine, outbox_ids)
+        return f"{sum(d.sent for d in deliveries)} of {len(outbox_ids)} sent"
+
+    @app.task(name=ROLLOUTS, shared=False)
+    def rollouts_gate() -> str:
+        """Release held executions of rate-controlled rollouts up to their concurrency; skip the rest once
+        the error threshold is crossed (orchestrator/rollouts.py). Not retried: the next tick comes anyway."""
+        from orchestrator.rollouts import RolloutGate
+
+        try:
+            return RolloutGate.of(holder.get().service).run().summary()
+        except OperationalError as exc:
+            log.warning("rollout gate skipped, the database is unreachable: %s", str(exc).splitlines()[0])
+            return "skipped"
+
+    @app.task(name=WINDOWS, shared=False)
+    def windows_start() -> str:
+        """Start the patch-window occurrences that are open and not started yet (once each, whatever
+        repeats: a unique key per occurrence; orchestrator/windows.py)."""
+        from orchestrator.windows import WindowService
+
+        try:
+            started = WindowService(holder.get().service).start_due()
+        except OperationalError as exc:
+            log.warning("window pass skipped, the database is unreachable: %s", str(exc).splitlines()[0])
+            return "skipped"
+        return f"{len(started)} occurrences started"
 
     app.patchaas_holder = holder  # type: ignore[attr-defined]
     return app

@@ -33,9 +33,13 @@ class CeleryDispatcher:
     def advance(self, execution_id: str, delay: float) -> None:
         self._send(app_mod.ADVANCE, execution_id, delay)
 
-    def advance_many(self, execution_ids: list[str]) -> None:
+    def advance_many(self, execution_ids: list[str], delay: float = 0.0) -> None:
         """One message for many executions: a batch task runs their due steps in shared transactions."""
-        self._send(app_mod.ADVANCE_BATCH, list(execution_ids), 0.0)
+        self._send(app_mod.ADVANCE_BATCH, list(execution_ids), delay)
+
+    def deliver_many(self, outbox_ids: list[int]) -> None:
+        """One message for many emails: a batch task claims and marks them in shared transactions."""
+        self._send(app_mod.DELIVER_BATCH, list(outbox_ids), 0.0)
 
     def deliver(self, outbox_id: int) -> None:
         self._send(app_mod.DELIVER_EMAIL, outbox_id, 0.0)

@@ -4,12 +4,13 @@ and the functions that translate service values into them. The patch summary and
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from orchestrator import auth, service
+from orchestrator import auth, rollouts, service, windows
 from orchestrator.rest import statuses
 from schemas.patching import PackageRequest, QueuedServer
 
@@ -69,11 +70,75 @@ class ExecutePackageRequest(BaseModel):
     package: PackageRequest
 
 
+LIMIT_PATTERN = r"^[0-9]{1,6}%?$"
+Limit = Annotated[str, StringConstraints(pattern=LIMIT_PATTERN, max_length=7)] | Annotated[int, Field(ge=0, le=999999)]
+WaveEntry = Annotated[PlainText, StringConstraints(min_length=1, max_length=64)]
+Waves = list[Annotated[list[WaveEntry], Field(min_length=1, max_length=MAX_SERVERS)]]
+
+
 class GroupExecuteRequest(BaseModel):
-    """`POST /v2/operations/{alias}/groups/executePackage`: groups (nested ones included) and the package."""
+    """`POST /v2/operations/{alias}/groups/executePackage`: groups (nested ones included) and the package;
+    optionally rate-controlled (not CLC: our extension; the answer keeps CLC's shape)."""
 
     groups: list[GroupId] = Field(min_length=1, max_length=MAX_GROUPS, examples=[["va1-0001"]])
     package: PackageRequest
+    max_concurrency: Limit | None = Field(
+        default=None, alias="maxConcurrency", examples=["10%"],
+        description="servers patched at once: a count (5) or a percentage of the servers (10%)")
+    max_errors: Limit | None = Field(
+        default=None, alias="maxErrors", examples=[2],
+        description="failures tolerated (a count or a percentage); one more stops the rollout: no new server "
+                    "starts, running ones finish, the rest are skipped with the reason")
+    waves: Waves | None = Field(
+        default=None, max_length=rollouts.MAX_WAVES, examples=[[["va1-0002"]]],
+        description="ordered waves of group ids or server names (e.g. a canary group first); each starts when "
+                    "the previous one has ended; servers no wave names run last")
+
+    def rate(self) -> rollouts.RateControl | None:
+        """The rate-control options (None: a plain CLC group action); ServiceError when they are not usable."""
+        if self.max_concurrency is None and self.max_errors is None and not self.waves:
+            return None
+        try:
+            return rollouts.RateControl.parse(self.max_concurrency, self.max_errors, self.waves)
+        except ValueError as exc:
+            raise service.ServiceError(str(exc)) from None
+
+
+WINDOW_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$"
+DURATION_PATTERN = r"^[0-9]{1,5}$|^([0-9]{1,4}d)?([0-9]{1,5}h)?([0-9]{1,6}m)?$"
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$"
+
+
+class WindowRequest(CamelModel):
+    """`POST /v2/patchaas/{alias}/windows`: a scheduled patch window."""
+
+    name: str = Field(pattern=WINDOW_NAME_PATTERN, max_length=100, examples=["patch-friday"])
+    servers: list[Annotated[PlainText, StringConstraints(min_length=1, max_length=64)]] = Field(
+        default_factory=list, max_length=MAX_SERVERS, examples=[["VA1OSDPATCH01"]])
+    groups: list[GroupId] = Field(default_factory=list, max_length=MAX_GROUPS, examples=[["va1-0001"]])
+    cron: PlainText | None = Field(default=None, max_length=200, examples=["0 22 * * 5"],
+                                   description="a five-field cron expression, read in `timezone`")
+    monthly: PlainText | None = Field(
+        default=None, max_length=200, examples=["second Tuesday + 3 days at 22:00"],
+        description="a monthly rule: first…fifth or last, a weekday, an optional ± N days, a time of day")
+    timezone: str = Field(default="UTC", pattern=TIMEZONE_PATTERN, max_length=64, examples=["Europe/Berlin"])
+    duration: str = Field(default="4h", pattern=DURATION_PATTERN, max_length=16, examples=["4h"],
+                          description="how long the window stays open: 4h, 90m, 1h30m, or minutes")
+    cutoff: str = Field(default="30m", pattern=DURATION_PATTERN, max_length=16, examples=["30m"],
+                        description="no new update cycle starts in the last `cutoff` of the window")
+    max_concurrency: Limit | None = Field(default=None, examples=["10%"])
+    max_errors: Limit | None = Field(default=None, examples=[2])
+    waves: Waves | None = Field(default=None, max_length=rollouts.MAX_WAVES, examples=[[["va1-0002"]]])
+    package: PackageRequest | None = Field(default=None, description="default: the Windows update package")
+
+    def spec(self) -> windows.WindowSpec:
+        return windows.WindowSpec(
+            name=self.name, servers=list(self.servers), groups=list(self.groups), cron=self.cron,
+            monthly=self.monthly, timezone=self.timezone, duration=self.duration, cutoff=self.cutoff,
+            max_concurrency=self.max_concurrency, max_errors=self.max_errors, waves=list(self.waves or []),
+            package_id=self.package.package_id if self.package else None,
+            parameters=dict(self.package.parameters) if self.package else {},
+        )
 
 
 class CancelRequest(BaseModel):
@@ -153,7 +218,98 @@ class GroupAnswer(CamelModel):
     links: list[Link]
 
 
+class OccurrenceAnswer(CamelModel):
+    """One started occurrence of a window."""
+
+    starts_at: datetime
+    ends_at: datetime
+    not_after: datetime = Field(description="end minus cutoff: no new update cycle starts after it")
+    rollout_id: int | None
+    rollout_state: str | None
+    note: str | None
+
+
+class WindowAnswer(CamelModel):
+    """A patch window, its next occurrences (UTC) and, for one window, its recent ones."""
+
+    id: int
+    name: str
+    servers: list[str]
+    groups: list[str]
+    schedule_kind: Literal["cron", "monthly"]
+    schedule: str
+    timezone: str
+    duration: str
+    cutoff: str
+    max_concurrency: str | None
+    max_errors: str | None
+    waves: list[list[str]]
+    package_id: str
+    parameters: dict[str, Any]
+    enabled: bool
+    created_by: str
+    created_at: datetime
+    next_occurrences: list[datetime]
+    recent_occurrences: list[OccurrenceAnswer]
+    links: list[Link]
+
+
+class RolloutAnswer(CamelModel):
+    """A rate-controlled rollout: limits, state, why it stopped, its executions counted by status."""
+
+    id: int
+    state: Literal["running", "stopped", "completed"]
+    total: int
+    max_concurrency: str | None
+    max_errors: str | None
+    concurrency_limit: int
+    error_limit: int | None
+    waves: int
+    not_after: datetime | None
+    stop_reason: str | None
+    created_at: datetime
+    ended_at: datetime | None
+    counts: dict[str, int] = Field(description="executions by status: held, running, completed, failed, cancelled")
+
+
 # --- translations ----------------------------------------------------------------------------
+
+
+def window_href(alias: str, window_id: int) -> str:
+    return f"/v2/patchaas/{alias.lower()}/windows/{window_id}"
+
+
+def rollout_href(alias: str, rollout_id: int) -> str:
+    return f"/v2/patchaas/{alias.lower()}/rollouts/{rollout_id}"
+
+
+def window_answer(info: windows.WindowInfo) -> WindowAnswer:
+    alias = info.account_alias
+    return WindowAnswer(
+        id=info.id, name=info.name, servers=list(info.servers), groups=list(info.groups),
+        schedule_kind=info.schedule_kind,  # type: ignore[arg-type]
+        schedule=info.schedule, timezone=info.timezone, duration=info.duration, cutoff=info.cutoff,
+        max_concurrency=info.max_concurrency, max_errors=info.max_errors, waves=[list(w) for w in info.waves],
+        package_id=info.package_id, parameters=info.parameters, enabled=info.enabled, created_by=info.created_by,
+        created_at=info.created_at, next_occurrences=list(info.next_occurrences),
+        recent_occurrences=[
+            OccurrenceAnswer(starts_at=o.starts_at, ends_at=o.ends_at, not_after=o.not_after, rollout_id=o.rollout_id,
+                             rollout_state=o.rollout_state, note=o.note)
+            for o in info.recent_occurrences
+        ],
+        links=[Link(rel="self", href=window_href(alias, info.id), id=str(info.id))],
+    )
+
+
+def rollout_answer(info: rollouts.RolloutInfo) -> RolloutAnswer:
+    return RolloutAnswer(
+        id=info.id, state=info.state,  # type: ignore[arg-type]
+        total=info.total, max_concurrency=info.max_concurrency, max_errors=info.max_errors,
+        concurrency_limit=info.concurrency_limit, error_limit=info.error_limit, waves=info.waves,
+        not_after=info.not_after, stop_reason=info.stop_reason, created_at=info.created_at, ended_at=info.ended_at,
+        counts=dict(info.counts),
+    )
+
 
 
 def status_href(alias: str, status_id: str) -> str:

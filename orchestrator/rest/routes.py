@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from orchestrator import auth
+from orchestrator import windows as windows_mod
 from orchestrator.rest import bodies, statuses
 from orchestrator.rest.bodies import (
     ALIAS_PATTERN,
@@ -125,9 +126,11 @@ def execute_package(alias: Alias, body: bodies.ExecutePackageRequest, caller: Op
          response_model_exclude_none=True, tags=["operations"], responses=WRITE)
 def execute_package_on_groups(alias: Alias, body: bodies.GroupExecuteRequest, caller: Operator,
                               service: Service) -> list[bodies.QueuedAnswer]:
-    """The group action: every server of the groups and of their nested groups, each answered on its own."""
+    """The group action: every server of the groups and of their nested groups, each answered on its own.
+    With `maxConcurrency`, `maxErrors` or `waves` the servers are patched as a rate-controlled rollout: all
+    are queued at once (same answers), a few run at a time, and the rest are skipped once too many failed."""
     scope = _own(caller, alias, f"account {alias} not found")
-    answers = service.execute_package_on_groups(scope, body.groups, body.package, caller.username)
+    answers = service.execute_package_on_groups(scope, body.groups, body.package, caller.username, body.rate())
     return [bodies.queued_answer(scope, a) for a in answers]
 
 
@@ -211,3 +214,54 @@ def cancel(alias: Alias, server: ServerName, execution_id: ExecutionId, caller: 
     why are recorded. Answers the execution as it is now (202: it ends shortly)."""
     scope = _own(caller, alias, f"server {server} not found")
     return service.cancel(scope, server, execution_id, caller.username, body.reason if body else None)
+
+
+# --- patch windows and rollouts (our extension of the contract) -------------------------------------------
+
+WindowId = Annotated[int, Path(alias="windowId", ge=1, le=2**31 - 1, description="window id", examples=[1])]
+RolloutId = Annotated[int, Path(alias="rolloutId", ge=1, le=2**31 - 1, description="rollout id", examples=[1])]
+
+
+def _windows(service: PatchService) -> windows_mod.WindowService:
+    return windows_mod.WindowService(service)
+
+
+@v2.post("/patchaas/{alias}/windows", response_model=bodies.WindowAnswer, status_code=201, tags=["windows"],
+         responses={**WRITE, 409: _error("the account already has a window of that name")})
+def create_window(alias: Alias, body: bodies.WindowRequest, caller: Operator, service: Service) -> bodies.WindowAnswer:
+    """Schedule a patch window: targets, a cron expression or a monthly rule ("second Tuesday + 3 days at
+    22:00") in a time zone, a duration and a cutoff (no new update cycle in its last minutes), rate control."""
+    scope = _own(caller, alias, f"account {alias} not found")
+    return bodies.window_answer(_windows(service).create(scope, body.spec(), caller.username))
+
+
+@v2.get("/patchaas/{alias}/windows", response_model=list[bodies.WindowAnswer], tags=["windows"], responses=READ)
+def list_windows(alias: Alias, caller: Caller, service: Service) -> list[bodies.WindowAnswer]:
+    """The account's patch windows with their next occurrences (UTC)."""
+    scope = _own(caller, alias, f"account {alias} not found")
+    return [bodies.window_answer(w) for w in _windows(service).list_windows(scope)]
+
+
+@v2.get("/patchaas/{alias}/windows/{windowId}", response_model=bodies.WindowAnswer, tags=["windows"],
+        responses=READ)
+def get_window(alias: Alias, window_id: WindowId, caller: Caller, service: Service) -> bodies.WindowAnswer:
+    """One window with its next occurrences and its recent ones (their rollouts and notes)."""
+    scope = _own(caller, alias, f"window {window_id} not found")
+    return bodies.window_answer(_windows(service).get(scope, window_id))
+
+
+@v2.delete("/patchaas/{alias}/windows/{windowId}", response_model=bodies.WindowAnswer, tags=["windows"],
+           responses=WRITE)
+def delete_window(alias: Alias, window_id: WindowId, caller: Operator, service: Service) -> bodies.WindowAnswer:
+    """Delete a window: no further occurrence starts (a running one goes on until its cutoff). Answers the
+    window as it was."""
+    scope = _own(caller, alias, f"window {window_id} not found")
+    return bodies.window_answer(_windows(service).delete(scope, window_id))
+
+
+@v2.get("/patchaas/{alias}/rollouts/{rolloutId}", response_model=bodies.RolloutAnswer, tags=["windows"],
+        responses=READ)
+def get_rollout(alias: Alias, rollout_id: RolloutId, caller: Caller, service: Service) -> bodies.RolloutAnswer:
+    """A rate-controlled rollout (a group action with rate control, or a window's occurrence)."""
+    scope = _own(caller, alias, f"rollout {rollout_id} not found")
+    return bodies.rollout_answer(service.rollout(scope, rollout_id))

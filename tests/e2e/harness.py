@@ -491,3 +491,120 @@ def check_invariants(database_url: str, fleet: simulated.SimulatedFleet, ids: Ma
         **{f"ended_{state}": n for state, n in Counter(r.state for r in rows.values()).items()},
     }
     return verdict
+
+
+# --- real Linux test hosts for the ssh driver (scripts/linux-test-hosts) ------------------------------
+
+LINUX_TEST_HOSTS = ROOT / "scripts" / "linux-test-hosts"
+
+
+def linux_hosts_unavailable() -> str | None:
+    """Why real Linux test hosts cannot be built here (None when they can): root, namespaces, overlayfs."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return "the Linux test hosts need root (debootstrap, mount and pid namespaces)"
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        return "the Linux test hosts need util-linux's unshare and nsenter"
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        return "the Linux test hosts need overlayfs"
+    return None
+
+
+@dataclass
+class LinuxTestHosts:
+    """Debian hosts (overlay roots on the cached debootstrap root, each with its own sshd on 127.0.0.x),
+    their apt repository over HTTP on loopback, the client key and the known_hosts file pinning them."""
+
+    dir: Path
+    repo_url: str = ""
+    hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def script(self, *args: str, timeout: float = 900) -> str:
+        done = subprocess.run([str(LINUX_TEST_HOSTS), *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise AssertionError(f"linux-test-hosts {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
+        return done.stdout
+
+    @classmethod
+    def start(cls, directory: Path) -> LinuxTestHosts:
+        """The cached root (debootstrap on first use), the test packages' repository, served on loopback."""
+        hosts = cls(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        hosts.script("base", timeout=1800)
+        hosts.script("repo", str(directory))
+        port = free_port()
+        hosts.script("serve", str(directory), "127.0.0.1", str(port))
+        hosts.repo_url = f"http://127.0.0.1:{port}/"
+        hosts.script("keys", str(directory))
+        return hosts
+
+    @property
+    def key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    def up(self, name: str, address: str, packages: list[str]) -> tuple[str, int]:
+        port = free_port()
+        self.script("up", str(self.dir), name, address, str(port), self.repo_url, *packages)
+        self.hosts[name] = (address, port)
+        return address, port
+
+    def exec(self, name: str, *command: str) -> str:
+        """Run `command` inside host `name` (through nsenter, not its sshd): what the host really holds."""
+        return self.script("exec", str(self.dir), name, *command)
+
+    def installed(self, name: str) -> dict[str, tuple[str, str]]:
+        """dpkg's view: package → (status abbreviation, version)."""
+        out = self.exec(name, "dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Package}|${Version}\n")
+        rows = (line.split("|") for line in out.splitlines() if line.count("|") == 2)
+        return {package: (status.strip(), version) for status, package, version in rows}
+
+    def boots(self, name: str) -> int:
+        """How many times host `name` has booted (the first start included)."""
+        return self.exec(name, "cat", "/var/log/patchaas-test-boots").count(" boot ")
+
+    def kill_sshd(self, name: str) -> None:
+        self.script("kill-sshd", str(self.dir), name)
+
+    def start_sshd(self, name: str) -> None:
+        self.script("start-sshd", str(self.dir), name)
+
+    def stop(self) -> None:
+        self.script("down", str(self.dir))
+
+
+def register_linux_hosts(database_url: str, hosts: LinuxTestHosts, servers: Mapping[str, str],
+                         os_type: str = "Debian 12 64-bit", package_manager: str = "apt",
+                         alias: str = "OSD", email: str = "ops@osd.example") -> None:
+    """Servers (name → test host name) in the inventory, in group va1-0001, with their ssh_hosts rows."""
+    from workers.fleet import ssh
+
+    engine = db.create_engine_for(database_url)
+    with db.session_factory(engine).begin() as session:
+        now = db.utcnow()
+        inventory.ensure_account(session, alias, alias, "VA1", email, now)
+        inventory.ensure_group(session, alias, "va1-0001", "root")
+        inventory.register_servers(
+            session, alias, (inventory.ServerSpec(name, os_type, "started", "va1-0001") for name in servers)
+        )
+        session.flush()
+        for server, host in servers.items():
+            address, port = hosts.hosts[host]
+            ssh.register_host(session, server, address, port, "root", hosts.key.name, package_manager, now)
+    engine.dispose()
+
+
+def use_ssh_fleet(cluster: Cluster, hosts: LinuxTestHosts, **settings: str) -> None:
+    """Point the processes started from now on at the test hosts through the routing fleet (Linux → ssh),
+    host keys pinned by the test hosts' known_hosts (RejectPolicy: nothing is accepted blindly)."""
+    cluster.env.update(
+        PATCHAAS_FLEET="routing",
+        PATCHAAS_WINDOWS_FLEET="simulated",
+        PATCHAAS_SSH_KNOWN_HOSTS=str(hosts.known_hosts),
+        PATCHAAS_SSH_KEY_DIR=str(hosts.dir),
+        **settings,
+    )

@@ -8,8 +8,9 @@ from collections import Counter, deque
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
-from orchestrator import batch, notifications
+from orchestrator import batch, models, notifications
 from orchestrator.engine import StepResult
 from orchestrator.settings import DEFAULT_PACKAGE_ID
 from schemas.patching import PackageRequest
@@ -36,30 +37,42 @@ class BatchDispatcher(support.ListDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.batches: deque[list[str]] = deque()
+        self.delays: list[float] = []
+        self.email_batches: deque[list[int]] = deque()
 
-    def advance_many(self, execution_ids: list[str]) -> None:
+    def deliver_many(self, outbox_ids: list[int]) -> None:
+        self.email_batches.append(list(outbox_ids))
+
+    def advance_many(self, execution_ids: list[str], delay: float = 0.0) -> None:
         self.batches.append(list(execution_ids))
+        self.delays.append(delay)
 
 
 def drive(container, dispatcher: BatchDispatcher, clock, config: batch.BatchConfig | None = None,
           max_rounds: int = 10_000, step_seconds: float = 1.0) -> int:
     """`support.drive` with batch messages run by `batch.run`."""
     for rounds in range(max_rounds):
-        while dispatcher.batches or dispatcher.steps or dispatcher.emails:
+        while dispatcher.batches or dispatcher.steps or dispatcher.emails or dispatcher.email_batches:
             while dispatcher.batches:
                 batch.run(container.engine, dispatcher.batches.popleft(), config)
             while dispatcher.steps:
                 container.engine.advance(dispatcher.steps.popleft())
-            while dispatcher.emails:
-                container.engine.deliver(dispatcher.emails.popleft())
+            _emails(container, dispatcher)
         if not support.active(container):
             container.engine.tick()
-            while dispatcher.emails:
-                container.engine.deliver(dispatcher.emails.popleft())
+            _emails(container, dispatcher)
             return rounds
         clock.advance(step_seconds)
         container.engine.tick()
     raise AssertionError("executions still active after the round limit")
+
+
+def _emails(container, dispatcher: BatchDispatcher) -> None:
+    while dispatcher.emails or dispatcher.email_batches:
+        while dispatcher.emails:
+            container.engine.deliver(dispatcher.emails.popleft())
+        while dispatcher.email_batches:
+            batch.deliver_many(container.engine, dispatcher.email_batches.popleft())
 
 
 def _assert_once(fleet, name: str) -> Counter[str]:
@@ -293,3 +306,97 @@ def test_claim_many_takes_only_due_and_free_rows(pair) -> None:
         assert len(batch.claim_many(session, ids, "a", now, timedelta(seconds=60), timedelta(0))) == 3
     with first.sessions.begin() as session:
         assert batch.claim_many(session, ids, "b", now, timedelta(seconds=60), timedelta(0)) == []
+
+
+class TimedDispatcher(BatchDispatcher):
+    """Records the countdown of every hand-off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timed: list[tuple[str, float]] = []
+
+    def advance(self, execution_id: str, delay: float) -> None:
+        super().advance(execution_id, delay)
+        self.timed.append((execution_id, delay))
+
+    def advance_many(self, execution_ids: list[str], delay: float = 0.0) -> None:
+        super().advance_many(execution_ids, delay)
+        self.timed.extend((i, delay) for i in execution_ids)
+
+
+def test_the_tick_hands_off_what_falls_due_before_the_next_tick_with_a_countdown(pg: str) -> None:
+    clock = support.FakeClock()
+    specs = simulated.build_fleet_specs(3, 6, scenarios={Scenario.NORMAL: 6})
+    fleet = simulated.SimulatedFleet.create(specs, simulated.MemoryStore(), simulated.SimTimings.instant(), seed=3,
+                                            clock=clock.seconds)
+    dispatcher = TimedDispatcher()
+    settings = support.test_settings(pg, tick_batch=2, short_countdown_seconds=5.0)
+    container = support.make_container(settings, fleet, clock, dispatcher)
+    try:
+        support.register(container, specs)
+        answers = container.service.execute_package("OSD", [s.name for s in specs], PACKAGE, "t")
+        ids = [a.execution_id for a in answers]
+        offsets = [0.0, 0.0, 1.0, 1.1, 4.0, 30.0]  # seconds from now; the last is beyond the look-ahead
+        now = clock()
+        with container.sessions.begin() as session:
+            for execution_id, offset in zip(ids, offsets, strict=True):
+                session.execute(sa.update(models.Execution).where(models.Execution.id == execution_id).values(
+                    next_run_at=now + timedelta(seconds=offset), dispatched_until=None))
+        dispatcher.timed.clear()
+        steps, _ = container.engine.tick()
+        assert steps == 5  # three claims of tick_batch=2 in one tick
+        timed = dict(dispatcher.timed)
+        assert set(timed) == set(ids[:5])
+        assert timed[ids[0]] == timed[ids[1]] == 0.0
+        assert timed[ids[2]] == timed[ids[3]] == 1.0  # one group: within the claim's tolerance of each other
+        assert timed[ids[4]] == 4.0
+        dispatcher.timed.clear()
+        assert container.engine.tick()[0] == 0  # marked dispatched: the next tick leaves them alone
+        clock.advance(31)
+        assert container.engine.tick()[0] == 6  # nothing ran them: the redrive window passed
+    finally:
+        container.close()
+
+
+def test_emails_in_batches_go_out_once_over_real_smtp(pg: str, mail_sink) -> None:
+    clock = support.FakeClock()
+    specs = simulated.build_fleet_specs(4, 20, scenarios={Scenario.NORMAL: 20})
+    fleet = simulated.SimulatedFleet.create(specs, simulated.MemoryStore(), simulated.SimTimings.instant(), seed=4,
+                                            clock=clock.seconds)
+    dispatcher = BatchDispatcher()
+    smtp = notifications.SmtpMailer(mail_sink.url)
+    container = support.make_container(support.test_settings(pg), fleet, clock, dispatcher, smtp)
+    other = support.make_container(support.test_settings(pg), fleet, clock, BatchDispatcher(), smtp)
+    try:
+        support.register(container, specs)
+        answers = container.service.execute_package("OSD", [s.name for s in specs], PACKAGE, "t")
+        assert dispatcher.email_batches and not dispatcher.emails  # 20 start emails: batch messages
+        ids = [i for b in dispatcher.email_batches for i in b]
+        dispatcher.email_batches.clear()
+        results = _race(lambda: batch.deliver_many(container.engine, ids),
+                        lambda: batch.deliver_many(other.engine, ids))
+        assert sum(d.sent for r in results for d in r) == len(ids)  # each claimed and sent by one of them
+        assert batch.deliver_many(container.engine, ids) and not any(
+            d.sent for d in batch.deliver_many(container.engine, ids))  # already sent
+        sent = Counter((m["X-Patchaas-Execution"], m["X-Patchaas-Kind"]) for m in mail_sink.messages)
+        assert sent == Counter({(a.execution_id, "start"): 1 for a in answers})
+    finally:
+        container.close()
+        other.close()
+
+
+def test_an_undeliverable_batch_stays_queued_with_its_reason(pair) -> None:
+    first, second, fleet, dispatcher, clock, specs = pair
+    first.service.execute_package("OSD", [s.name for s in specs], PACKAGE, "t")
+    ids = list(dispatcher.emails)
+    broken = support.make_container(first.settings, fleet, clock, BatchDispatcher(), notifications.UnconfiguredMailer())
+    try:
+        deliveries = batch.deliver_many(broken.engine, ids)
+        assert len(deliveries) == len(ids) and not any(d.sent for d in deliveries)
+        with first.sessions() as session:
+            rows = session.scalars(sa.select(models.Outbox).where(models.Outbox.id.in_(ids))).all()
+        assert all(r.sent_at is None and "PATCHAAS_SMTP_URL" in (r.last_error or "") for r in rows)
+        clock.advance(600)
+        assert first.engine.tick()[1] == len(ids)  # the tick hands them out again
+    finally:
+        broken.close()

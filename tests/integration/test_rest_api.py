@@ -451,6 +451,9 @@ def test_openapi_is_served_without_a_token_and_documents_every_endpoint(world: W
         "/rest/servers/{alias}/server/{server}/patch",
         "/rest/servers/{alias}/server/{server}/patch/{execution_id}",
         "/rest/servers/{alias}/server/{server}/patch/{execution_id}/cancel",
+        "/v2/patchaas/{alias}/windows",
+        "/v2/patchaas/{alias}/windows/{windowId}",
+        "/v2/patchaas/{alias}/rollouts/{rolloutId}",
     }
     for path in document["paths"].values():
         for operation in path.values():

@@ -19,7 +19,9 @@ from schemathesis.specs.openapi import checks as openapi_checks
 from orchestrator import auth, db, inventory, notifications
 from orchestrator.bootstrap import Container
 from orchestrator.rest import create_app
+from orchestrator.rollouts import RateControl
 from orchestrator.settings import DEFAULT_PACKAGE_ID
+from orchestrator.windows import WindowService, WindowSpec
 from schemas.patching import PackageRequest
 from tests import support
 from workers.fleet import simulated
@@ -37,6 +39,11 @@ OPERATIONS = [
     ("GET", "/rest/servers/{alias}/server/{server}/patch"),
     ("GET", "/rest/servers/{alias}/server/{server}/patch/{execution_id}"),
     ("POST", "/rest/servers/{alias}/server/{server}/patch/{execution_id}/cancel"),
+    ("POST", "/v2/patchaas/{alias}/windows"),
+    ("GET", "/v2/patchaas/{alias}/windows"),
+    ("GET", "/v2/patchaas/{alias}/windows/{windowId}"),
+    ("DELETE", "/v2/patchaas/{alias}/windows/{windowId}"),
+    ("GET", "/v2/patchaas/{alias}/rollouts/{rolloutId}"),
 ]
 CHECKS = [
     st_checks.not_a_server_error,
@@ -79,8 +86,13 @@ def world(pg: str) -> Iterator[World]:
     support.drive(wired, dispatcher, clock)
     running = wired.service.execute_package("OSD", ["VA1OSDPATCH02"], package, "test")[0].execution_id
     assert finished and running
+    window = WindowService(wired.service).create("OSD", WindowSpec(name="nightly", groups=["va1-0001"],
+                                                                   cron="0 22 * * *"), "test")
+    held = wired.service.execute_package("OSD", ["VA1OSDPATCH03"], package, "test", RateControl.parse(1, 0))
+    rollout = wired.service.rollout_of("OSD", held[0].execution_id or "")
     real = {"alias": "OSD", "server": "VA1OSDPATCH01", "serverId": "VA1OSDPATCH02", "groupId": "va1-0001",
-            "statusId": finished.lower(), "execution_id": finished, "running": running}
+            "statusId": finished.lower(), "execution_id": finished, "running": running,
+            "windowId": str(window.id), "rolloutId": str(rollout)}
     yield World(wired, real)
     wired.close()
 
