@@ -58,7 +58,8 @@ class BatchConfig:
     """How much one batch task does."""
 
     size: int = DEFAULT_SIZE  # executions per batch message (the dispatcher splits larger hand-offs)
-    budget: timedelta = timedelta(seconds=5)  # stop chaining after this long (far below the lease)
+    budget: timedelta = timedelta(seconds=2)  # stop chaining after this long (far below the lease); the rest
+    # goes back to the queue, so a worker process is never held long by one batch
     max_rounds: int = 200  # and after this many rounds
     fleet_threads: int = 8  # fleet calls of one round run on this many threads (1: one after the other)
 
@@ -536,7 +537,7 @@ class BatchRunner:
         for s, _ in planned:
             if s.view.id in outcome.saved_ids:
                 engine.hooks.reached("after_commit", s.view.id, s.view.state.value)
-        hand_off_emails(engine.dispatcher, outcome.outbox_ids)
+        hand_off_emails(engine.dispatcher, outcome.outbox_ids, spread=1)  # a round's emails: one message
         for execution_id, delay in outcome.countdowns:
             engine.dispatcher.advance(execution_id, delay)
         return outcome.next_steps, outcome.due_now

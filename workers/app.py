@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from kombu import Queue
 from sqlalchemy.exc import OperationalError
 
 from orchestrator.settings import Settings
@@ -28,6 +29,8 @@ TICK = "patchaas.tick"
 DELIVER_EMAIL = "patchaas.deliver_email"
 ROLLOUTS = "patchaas.rollouts"  # the rollout gate: release held executions, stop at the error threshold
 WINDOWS = "patchaas.windows"  # start each open patch-window occurrence once
+QUEUE = "patchaas"  # steps and emails
+TIMERS_QUEUE = "patchaas.timers"  # beat's periodic tasks: a backlog of steps never holds the tick back
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -43,7 +46,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # reconnect forever: 0 would mean "never" (celery#8626)
         "broker_transport_options": _transport_options(settings),
-        "task_default_queue": "patchaas",
+        "task_default_queue": QUEUE,
+        "task_queues": (Queue(QUEUE), Queue(TIMERS_QUEUE)),  # a worker consumes both, in turn
+        "task_routes": {name: {"queue": TIMERS_QUEUE} for name in (TICK, WINDOWS, ROLLOUTS)},
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "timezone": "UTC",

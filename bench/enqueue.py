@@ -1,0 +1,200 @@
+"""A group action on N servers (default 10,000): the time to accept and persist every execution, beside a
+plain bulk INSERT of the same rows, in the same run.
+
+The product: `PatchService.execute_package_on_groups` on a root group whose nested groups hold the
+servers, with a no-op dispatcher (what is measured is accepting and persisting: the executions and their
+start emails in the outbox, in the service's transaction). The baseline: the very rows the product wrote
+(executions and outbox), deleted and written again with one multi-row INSERT per table in one transaction.
+
+    .venv/bin/python -m bench.enqueue [--servers 10000] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+if __package__ in (None, ""):  # `python bench/enqueue.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
+
+ALIAS = "OSD"
+ROOT_GROUP = "va1-0001"
+
+
+class NoDispatch:
+    """Accepts ids and does nothing: only accepting and persisting is measured."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.emails = 0
+
+    def advance(self, execution_id: str, delay: float) -> None:
+        self.steps += 1
+
+    def deliver(self, outbox_id: int) -> None:
+        self.emails += 1
+
+    def advance_many(self, execution_ids: list[str]) -> None:
+        self.steps += len(execution_ids)
+
+
+def install(url: str, servers: int) -> None:
+    """Account OSD; a root group with 4 subgroups (one nested once more); `servers` servers spread over them."""
+    from orchestrator import db, inventory
+    from workers.fleet import catalog, simulated
+
+    engine = db.create_engine_for(url)
+    groups = [ROOT_GROUP, "va1-0002", "va1-0003", "va1-0004", "va1-0005", "va1-0006"]
+    with db.session_factory(engine).begin() as session:
+        inventory.ensure_account(session, ALIAS, "bench", "VA1", "ops@osd.example", db.utcnow())
+        inventory.ensure_group(session, ALIAS, ROOT_GROUP, "root")
+        for gid in groups[1:5]:
+            inventory.ensure_group(session, ALIAS, gid, gid, ROOT_GROUP)
+        inventory.ensure_group(session, ALIAS, groups[5], "nested", groups[4])
+        inventory.register_servers(
+            session, ALIAS,
+            (inventory.ServerSpec(simulated.server_name("VA1", ALIAS, "PATCH", i + 1),
+                                  catalog.WINDOWS_2012R2 if i % 2 else catalog.WINDOWS_2012,
+                                  "started", groups[i % len(groups)])
+             for i in range(servers)),
+        )
+    engine.dispose()
+
+
+def group_action(engine: sa.Engine, servers: int, bulk_from: int, profile: str | None) -> dict[str, Any]:
+    """One timed group action on every server; the service accepts in bulk from `bulk_from` servers."""
+    from orchestrator import db
+    from orchestrator.service import PatchService
+    from orchestrator.settings import DEFAULT_PACKAGE_ID
+    from schemas.patching import PackageRequest
+
+    dispatcher = NoDispatch()
+    service = PatchService(sessions=db.session_factory(engine), dispatcher=dispatcher, clock=db.utcnow)
+    service.bulk_from = bulk_from
+    package = PackageRequest(packageId=DEFAULT_PACKAGE_ID, parameters={})
+    with engine.connect() as conn:  # warm the pool: the first connection is not the action's cost
+        conn.exec_driver_sql("SELECT 1")
+    counter = common.QueryCounter(engine)
+    profiler = None
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.001)
+        profiler.start()
+    t0 = time.perf_counter()
+    answers = service.execute_package_on_groups(ALIAS, [ROOT_GROUP], package, "bench")
+    seconds = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.stop()
+        Path(profile).write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+        print(f"profile: {profile}")
+    counter.close()
+    queued = sum(1 for a in answers if a.is_queued)
+    if queued != servers:
+        refused = next(a for a in answers if not a.is_queued)
+        raise RuntimeError(f"only {queued} of {servers} queued; e.g. {refused.server}: {refused.error_message}")
+    return {
+        "queued": queued,
+        "seconds": seconds,
+        "per_second": queued / seconds if seconds else 0.0,
+        "statements": counter.count,
+        "statements_per_server": counter.count / servers if servers else 0.0,
+        "top_statements": counter.by_statement.most_common(8),
+        "dispatched": (dispatcher.steps, dispatcher.emails),
+    }
+
+
+def _empty(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE outbox, executions CASCADE")
+
+
+def run(url: str, servers: int, profile: str | None, one_by_one: bool) -> dict[str, Any]:
+    from orchestrator import db, models
+
+    install(url, servers)
+    engine = db.create_engine_for(url)
+    product = group_action(engine, servers, 2, profile)
+    executions = models.Execution.__table__
+    outbox = models.Outbox.__table__
+    with engine.connect() as conn:
+        execution_rows = [r._asdict() for r in conn.execute(sa.select(executions))]
+        outbox_rows = [{k: v for k, v in r._asdict().items() if k != "id"} for r in conn.execute(sa.select(outbox))]
+    _empty(engine)
+    before = None
+    if one_by_one:  # the same action through the one-server-at-a-time path (before orchestrator/bulk.py)
+        before = group_action(engine, servers, 10**9, None)
+        _empty(engine)
+    # the baseline: the same rows, one multi-row INSERT per table, one transaction
+    counter = common.QueryCounter(engine)
+    t1 = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(sa.insert(executions), execution_rows)
+        if outbox_rows:
+            conn.execute(sa.insert(outbox), outbox_rows)
+    bulk_seconds = time.perf_counter() - t1
+    counter.close()
+    engine.dispose()
+    return {
+        "servers": servers,
+        **product,
+        "outbox": len(outbox_rows),
+        "one_by_one": before,
+        "bulk_seconds": bulk_seconds,
+        "bulk_rows": len(execution_rows) + len(outbox_rows),
+        "bulk_statements": counter.count,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = common.parser(__doc__.splitlines()[0], size=10_000, tiny=20)
+    p.add_argument("--profile", metavar="FILE", help="write a pyinstrument profile of the group action to FILE")
+    p.add_argument("--skip-one-by-one", action="store_true",
+                   help="do not also time the one-server-at-a-time path (the service before orchestrator/bulk.py)")
+    args = common.parse(p, argv)
+    info = common.machine(args.pg_admin_url, args.redis_url)
+    with common.bench_database(args.pg_admin_url, "enqueue", args.keep_db) as url:
+        result = run(url, args.size, args.profile, not args.skip_one_by_one)
+    base = result["bulk_seconds"]
+    ratio = result["seconds"] / base if base else 0.0
+    rows = [
+        [f"patchaas: group action on {result['servers']} servers (nested groups), no-op dispatcher",
+         f"{result['queued']} executions + {result['outbox']} emails", result["seconds"], result["per_second"],
+         f"{ratio:.1f}×", result["statements"]],
+    ]
+    before = result["one_by_one"]
+    if before:
+        rows.append(["the same, one server at a time (the service before orchestrator/bulk.py)",
+                     f"{before['queued']} executions + {before['queued']} emails", before["seconds"],
+                     before["per_second"], f"{before['seconds'] / base:.1f}×" if base else "n/a",
+                     before["statements"]])
+    rows.append(["baseline: plain bulk INSERT of the same rows, one transaction", f"{result['bulk_rows']} rows",
+                 base, result["queued"] / base if base else 0.0, "1.0×", result["bulk_statements"]])
+    result_table = common.table(["run", "rows", "seconds", "executions/s", "time ÷ baseline", "statements"], rows)
+    stmts = common.table(["statements of the group action (bulk)", "count"],
+                         [["total", result["statements"]], ["per server", result["statements_per_server"]]]
+                         + [[s, n] for s, n in result["top_statements"]])
+    print(result_table)
+    print()
+    print(stmts)
+    if args.write_docs:
+        body = "\n\n".join([
+            f"Command: `{common.command_line(argv, 'bench.enqueue')}`",
+            "Machine:\n\n" + common.machine_lines(info),
+            result_table,
+            stmts,
+            f"Ratio: the group action takes **{ratio:.1f}×** the time of a plain bulk INSERT of its rows.",
+        ])
+        common.write_section("bench/enqueue.py", "Enqueue a group action (bench/enqueue.py)", body)
+    result["ratio"] = ratio
+    result["table"] = result_table
+    return result
+
+
+if __name__ == "__main__":
+    main()
