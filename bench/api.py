@@ -117,6 +117,8 @@ def seed(url: str, executions: int, patches: int) -> str:
                 "begin_message": f"Installing {update.title}", "end_message": "Result Code: 2",
             })
         conn.execute(sa.insert(models.Patch.__table__), patch_rows)
+    with engine.connect() as conn:  # statistics as autovacuum would have them
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
     from orchestrator import auth
 
     service_auth = auth.AuthService(sessions, db.utcnow, timedelta(days=1))

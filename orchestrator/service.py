@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -399,7 +400,10 @@ class PatchService:
         limit = max(1, min(limit, MAX_PAGE))
         with self.sessions() as session:
             name = self._server(session, alias, server).name
-            query = sa.select(models.Execution).where(models.Execution.server_name == name)
+            # plain rows of the columns a summary shows, not ORM objects: a page is read, never changed
+            table = models.Execution.__table__
+            query = sa.select(table.c.id, table.c.state, table.c.started_at, table.c.ended_at, table.c.server_name,
+                              table.c.created_at).where(table.c.server_name == name)
             if before is not None:
                 cursor = session.get(models.Execution, naming.check_execution_id(before))
                 if cursor is None or cursor.server_name != name:
@@ -408,14 +412,14 @@ class PatchService:
                     sa.tuple_(models.Execution.created_at, models.Execution.id)
                     < sa.tuple_(sa.literal(cursor.created_at, models.Execution.created_at.type), cursor.id)
                 )
-            rows = session.scalars(
+            rows = session.execute(
                 query.order_by(models.Execution.created_at.desc(), models.Execution.id.desc()).limit(limit)
             ).all()
             ids = [r.id for r in rows]
-            inits: dict[str, list[models.Initiation]] = {i: [] for i in ids}
+            inits: dict[str, list[Any]] = {i: [] for i in ids}
             if ids:
-                for init in session.scalars(
-                    sa.select(models.Initiation)
+                for init in session.execute(
+                    sa.select(models.Initiation.__table__)
                     .where(models.Initiation.execution_id.in_(ids))
                     .order_by(models.Initiation.cycle)
                 ):
@@ -426,8 +430,8 @@ class PatchService:
         """One execution with every patch it attempted."""
         with self.sessions() as session:
             row = self._execution(session, alias, server, execution_id)
-            patches = session.scalars(
-                sa.select(models.Patch).where(models.Patch.execution_id == row.id).order_by(models.Patch.id)
+            patches = session.execute(  # plain rows, not ORM objects: read only
+                sa.select(models.Patch.__table__).where(models.Patch.execution_id == row.id).order_by(models.Patch.id)
             ).all()
             return _detail(row, list(patches), self.clock())
 
@@ -535,7 +539,7 @@ class PatchService:
         return row
 
 
-def _summary(row: models.Execution, inits: list[models.Initiation]) -> ExecutionSummary:
+def _summary(row: Any, inits: list[Any]) -> ExecutionSummary:
     return ExecutionSummary(
         execution_id=row.id,
         status=machine.status_of(machine.State(row.state)),  # type: ignore[arg-type]
@@ -558,7 +562,7 @@ def _summary(row: models.Execution, inits: list[models.Initiation]) -> Execution
     )
 
 
-def _detail(row: models.Execution, patches: list[models.Patch], now: datetime) -> ExecutionDetail:
+def _detail(row: models.Execution, patches: list[Any], now: datetime) -> ExecutionDetail:
     failed = sum(1 for p in patches if p.status == "failed")
     return ExecutionDetail(
         execution_id=row.id,
