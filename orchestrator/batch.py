@@ -346,28 +346,6 @@ def hand_off(
 MAX_TICK_ROUNDS = 20  # a tick claims at most this many times `tick_batch` rows
 
 
-def claim_due_until(
-    session: Session, now: datetime, until: datetime, redrive: timedelta, limit: int
-) -> list[tuple[str, datetime]]:
-    """`executions.claim_due` looking ahead: unleased, undispatched rows due by `until`, locked with SKIP
-    LOCKED and marked dispatched until `until + redrive`; (id, due time), soonest first."""
-    table = models.Execution.__table__
-    rows = session.execute(
-        sa.select(table.c.id, table.c.next_run_at, table.c.lease_expires_at)
-        .where(
-            table.c.ended_at.is_(None),
-            table.c.next_run_at <= until,
-            sa.or_(table.c.dispatched_until.is_(None), table.c.dispatched_until < now),
-            sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
-        )
-        .order_by(table.c.next_run_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    executions.mark_dispatched(session, rows, now, until, redrive)  # re-sends spaced out when overdue
-    return [(r.id, r.next_run_at) for r in rows]
-
-
 def dispatch_due(engine: Engine, now: datetime) -> int:
     """The tick's hand-off of executions. It claims what is due and what falls due within the short
     countdown (the tick's own period by default), `tick_batch` rows at a time until fewer come back, and
@@ -379,7 +357,7 @@ def dispatch_due(engine: Engine, now: datetime) -> int:
     width = cfg.early.total_seconds()
     total = 0
     for _ in range(MAX_TICK_ROUNDS):
-        rows = engine._tx(lambda session: claim_due_until(session, now, until, cfg.redrive, cfg.tick_batch))
+        rows = engine._tx(lambda session: executions.claim_due_until(session, now, until, cfg.redrive, cfg.tick_batch))
         total += len(rows)
         group: list[str] = []
         start = 0.0

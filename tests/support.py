@@ -3,6 +3,7 @@ steps until every execution has ended. Real code paths, no mocks of our own inte
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -121,3 +122,34 @@ def executions(container: Container, ids: Iterable[str] | None = None) -> list[m
         if ids is not None:
             query = query.where(models.Execution.id.in_(list(ids)))
         return list(session.scalars(query))
+
+
+def race(*calls):  # type: ignore[no-untyped-def]
+    """Run `calls` in threads released at the same instant; their results in order."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+class PauseAt:
+    """Hooks that hold a worker at one point until the test lets it go."""
+
+    def __init__(self, point: str) -> None:
+        self.point = point
+        self.reached_point = threading.Event()
+        self.release = threading.Event()
+
+    def reached(self, point: str, execution_id: str, step: str) -> None:
+        if point == self.point and not self.reached_point.is_set():
+            self.reached_point.set()
+            assert self.release.wait(10)

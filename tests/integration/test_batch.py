@@ -160,7 +160,7 @@ def test_two_batches_racing_on_the_same_executions_do_everything_once(pair) -> N
     first, second, fleet, dispatcher, clock, specs = pair
     answers = first.service.execute_package("OSD", [s.name for s in specs], PACKAGE, "t")
     ids = [a.execution_id for a in answers]
-    results = _race(lambda: batch.run(first.engine, ids, batch.BatchConfig(max_rounds=3)),
+    results = support.race(lambda: batch.run(first.engine, ids, batch.BatchConfig(max_rounds=3)),
                     lambda: batch.run(second.engine, ids, batch.BatchConfig(max_rounds=3)))
     assert sum(r.claimed for r in results) == len(ids)  # every execution was claimed by exactly one
     dispatcher.batches.clear()
@@ -178,7 +178,7 @@ def test_a_single_step_worker_finds_the_batch_lease_held(pair) -> None:
     first, second, fleet, dispatcher, clock, specs = pair
     name = specs[0].name
     [answer] = first.service.execute_package("OSD", [name], PACKAGE, "t")
-    pause = PauseAt("after_intent")
+    pause = support.PauseAt("after_intent")
     first.engine.hooks = pause
     holder = threading.Thread(target=batch.run, args=(first.engine, [answer.execution_id]))
     holder.start()
@@ -186,7 +186,7 @@ def test_a_single_step_worker_finds_the_batch_lease_held(pair) -> None:
     assert second.engine.advance(answer.execution_id) is StepResult.NOT_DUE
     pause.release.set()
     holder.join()
-    first.engine.hooks = PauseAt("never")
+    first.engine.hooks = support.PauseAt("never")
     dispatcher.batches.clear()
     dispatcher.steps.clear()
     clock.advance(60)
@@ -267,36 +267,6 @@ def test_without_batch_messages_the_hand_off_is_one_message_per_execution() -> N
     assert [len(b) for b in spread.batches] == [4] * 8 and list(spread.steps) == ["VA1-000032"]
 
 
-class PauseAt:
-    """Hooks that hold a worker at one point until the test lets it go."""
-
-    def __init__(self, point: str) -> None:
-        self.point = point
-        self.reached_point = threading.Event()
-        self.release = threading.Event()
-
-    def reached(self, point: str, execution_id: str, step: str) -> None:
-        if point == self.point and not self.reached_point.is_set():
-            self.reached_point.set()
-            assert self.release.wait(10)
-
-
-def _race(*calls):
-    barrier = threading.Barrier(len(calls))
-    results: list[object] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
 def test_claim_many_takes_only_due_and_free_rows(pair) -> None:
     first, second, fleet, dispatcher, clock, specs = pair
     answers = first.service.execute_package("OSD", [s.name for s in specs[:3]], PACKAGE, "t")
@@ -373,7 +343,7 @@ def test_emails_in_batches_go_out_once_over_real_smtp(pg: str, mail_sink) -> Non
         assert dispatcher.email_batches and not dispatcher.emails  # 20 start emails: batch messages
         ids = [i for b in dispatcher.email_batches for i in b]
         dispatcher.email_batches.clear()
-        results = _race(lambda: batch.deliver_many(container.engine, ids),
+        results = support.race(lambda: batch.deliver_many(container.engine, ids),
                         lambda: batch.deliver_many(other.engine, ids))
         assert sum(d.sent for r in results for d in r) == len(ids)  # each claimed and sent by one of them
         assert batch.deliver_many(container.engine, ids) and not any(

@@ -35,42 +35,12 @@ def world(pg: str):
     second.close()
 
 
-def _race(*calls):
-    barrier = threading.Barrier(len(calls))
-    results: list[object] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-class PauseAt:
-    """Hooks that hold a worker at one point until the test lets it go."""
-
-    def __init__(self, point: str) -> None:
-        self.point = point
-        self.reached_point = threading.Event()
-        self.release = threading.Event()
-
-    def reached(self, point: str, execution_id: str, step: str) -> None:
-        if point == self.point and not self.reached_point.is_set():
-            self.reached_point.set()
-            assert self.release.wait(10)
-
-
 def test_two_workers_claiming_one_step_at_once_one_wins(world) -> None:
     first, second, fleet, dispatcher, clock, specs = world
     [answer] = first.service.execute_package("OSD", [specs[0].name], PackageRequest(packageId=DEFAULT_PACKAGE_ID), "t")
     lease = timedelta(seconds=60)
     for _ in range(20):
-        results = _race(lambda: _claim(first, answer.execution_id, "a", clock(), lease),
+        results = support.race(lambda: _claim(first, answer.execution_id, "a", clock(), lease),
                         lambda: _claim(second, answer.execution_id, "b", clock(), lease))
         assert sum(r is not None for r in results) == 1, results
         with first.sessions.begin() as session:  # free the row for the next round
@@ -93,7 +63,7 @@ def test_a_worker_arriving_mid_step_stops_quietly_and_nothing_is_done_twice(worl
         # run up to a step with an effect, then hold the first worker inside it
         while support.executions(first, [execution_id])[0].state not in ("entering_maintenance", "invoking_package"):
             assert first.engine.advance(execution_id) is StepResult.ADVANCED
-        pause = PauseAt(point)
+        pause = support.PauseAt(point)
         first.engine.hooks = pause
         holder = threading.Thread(target=first.engine.advance, args=(execution_id,))
         holder.start()
@@ -101,7 +71,7 @@ def test_a_worker_arriving_mid_step_stops_quietly_and_nothing_is_done_twice(worl
         assert second.engine.advance(execution_id) is StepResult.NOT_DUE  # the lease is held
         pause.release.set()
         holder.join()
-        first.engine.hooks = type(first.engine.hooks)("none")  # a point that never fires
+        first.engine.hooks = support.PauseAt("none")  # a point that never fires
     support.drive(first, dispatcher, clock)
     installs = [(e.key, e.kb) for e in fleet.effects(name, "install")]
     assert installs and len(installs) == len(set(installs))
@@ -148,7 +118,7 @@ def test_concurrent_ticks_claim_disjoint_sets(world) -> None:
 def test_one_execution_per_server_at_a_time(world) -> None:
     first, second, fleet, dispatcher, clock, specs = world
     package = PackageRequest(packageId=DEFAULT_PACKAGE_ID)
-    results = _race(lambda: first.service.execute_package("OSD", [specs[0].name], package, "a"),
+    results = support.race(lambda: first.service.execute_package("OSD", [specs[0].name], package, "a"),
                     lambda: second.service.execute_package("OSD", [specs[0].name], package, "b"))
     queued = [r[0] for r in results if r[0].is_queued]
     refused = [r[0] for r in results if not r[0].is_queued]
@@ -165,7 +135,7 @@ def test_outbox_email_goes_out_once_over_real_smtp(world, mail_sink: MailSink) -
         [answer] = first.service.execute_package("OSD", [specs[1].name], PackageRequest(packageId=DEFAULT_PACKAGE_ID),
                                                  "t")
         outbox_id = dispatcher.emails.popleft()
-        results = _race(lambda: one.engine.deliver(outbox_id), lambda: two.engine.deliver(outbox_id))
+        results = support.race(lambda: one.engine.deliver(outbox_id), lambda: two.engine.deliver(outbox_id))
         assert sorted(r.sent for r in results) == [False, True]
         assert len(mail_sink.messages) == 1
         message = mail_sink.messages[0]

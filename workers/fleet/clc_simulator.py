@@ -28,6 +28,7 @@ import itertools
 import random
 import re
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -684,15 +685,15 @@ def serve(app: ASGIApp, host: str, port: int, log_level: str = "warning") -> Non
 @contextmanager
 def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Iterator[str]:
     """Serve `app` in a background thread of this process (tests, the demo); yields its base URL."""
-    server = uvicorn.Server(_config(app, host, port, log_level))
-    thread = threading.Thread(target=server.run, name="clc-simulator", daemon=True)
+    # bind and listen before the thread starts: connections queue in the backlog until uvicorn accepts
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(_config(app, host, bound, log_level))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="clc-simulator", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the CLC simulator did not start on {host}:{port}")
-        time.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://{host}:{bound}"
     finally:
