@@ -73,6 +73,12 @@ def patch_rows(database_url: str, execution_id: str) -> list[models.Patch]:
         engine.dispose()
 
 
+def host_cycle_logs(hosts: LinuxTestHosts, host: str) -> str:
+    """What the cycles wrote on the host (refresh output, the script's own log), for a failure's message."""
+    return hosts.exec(host, "sh", "-c", "cd /var/lib/patchaas/runs 2>/dev/null && for f in */*.log; do "
+                      "echo \"== $f\"; tail -n 30 \"$f\"; done; true")
+
+
 def test_debian_hosts_are_patched_over_ssh(
     pg: str, redis_url: str, mail_sink: MailSink, cluster: Cluster, linux_hosts: LinuxTestHosts
 ) -> None:
@@ -106,7 +112,8 @@ def test_debian_hosts_are_patched_over_ssh(
                 else:
                     assert status != "ii", (row.kb, status)  # the failed postinst left it half-configured
             completed = {r.kb for r in rows if r.status == "completed"}
-            assert completed == {p for p in installed_before if p in ("pt-hello", "pt-reboot")}
+            assert completed == {p for p in installed_before if p in ("pt-hello", "pt-reboot")}, \
+                (story, host_cycle_logs(linux_hosts, host))
             assert {p for p, (s, v) in dpkg.items() if p.startswith("pt-") and s == "ii" and v == "1.1"} == completed
             if "pt-excluded" in installed_before:
                 assert dpkg["pt-excluded"] == ("ii", "1.0")  # excluded by PATCHAAS_SSH_APT_EXCLUDES

@@ -68,6 +68,50 @@ def test_apt_list_upgradable_is_parsed_to_name_from_to() -> None:
     ]
 
 
+def fetch_failed(log: str, tmp_path) -> bool:
+    path = tmp_path / "refresh.log"
+    path.write_text(log)
+    done = subprocess.run([SH, "-c", '. "$0"; apt_fetch_failed "$1"', SCRIPT_PATH, str(path)],
+                          env={"PATCHAAS_LIB_ONLY": "1", "PATH": "/usr/bin:/bin"})
+    return done.returncode == 0
+
+
+def test_an_apt_refresh_that_could_not_fetch_is_a_failure_although_apt_get_exits_0(tmp_path) -> None:
+    ok = "Get:1 http://127.0.0.1:8080 ./ Release [1,111 B]\nGet:2 http://127.0.0.1:8080 ./ Packages [712 B]\n" \
+         "Fetched 1,823 B in 0s (91.2 kB/s)\nReading package lists...\n"
+    assert not fetch_failed(ok, tmp_path)
+    assert fetch_failed("Err:1 http://127.0.0.1:8080 ./ Release\n  Could not connect to 127.0.0.1:8080 (127.0.0.1)"
+                        "\nReading package lists...\nW: Failed to fetch http://127.0.0.1:8080/./Release  Could not "
+                        "connect\nW: Some index files failed to download. They have been ignored, or old ones "
+                        "used instead.\n", tmp_path)
+    assert fetch_failed("Reading package lists...\nE: Could not get lock /var/lib/apt/lists/lock\n", tmp_path)
+    # a warning that is not about fetching (e.g. a duplicated source) does not fail the refresh
+    assert not fetch_failed("W: Target Packages (Packages) is configured multiple times in "
+                            "/etc/apt/sources.list:1 and /etc/apt/sources.list.d/x.list:1\n", tmp_path)
+
+
+def test_the_apt_refresh_is_retried_then_reported_failed(tmp_path) -> None:
+    """A fake apt-get that cannot fetch the first time, then can: the cycle's refresh succeeds on its second
+    try; one that never can fails the refresh after PATCHAAS_REFRESH_TRIES tries (exit 100)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "apt-get"
+    fake.write_text('#!/bin/sh\nn=$(cat "$COUNT" 2>/dev/null || echo 0); echo $((n + 1)) > "$COUNT"\n'
+                    'if [ "$n" -lt "$FAIL_TIMES" ]; then echo "W: Failed to fetch http://x/Release"; fi\nexit 0\n')
+    fake.chmod(0o755)
+    for fail_times, expected_rc, expected_calls in ((1, 0, 2), (9, 100, 2)):
+        count = tmp_path / f"count{fail_times}"
+        done = subprocess.run(
+            [SH, "-c", '. "$0"; cd "$1" && APT=apt-get; apt_refresh; echo "rc=$?"', SCRIPT_PATH, str(tmp_path)],
+            capture_output=True, text=True, env={"PATCHAAS_LIB_ONLY": "1", "PATH": f"{bin_dir}:/usr/bin:/bin",
+                                                 "COUNT": str(count), "FAIL_TIMES": str(fail_times),
+                                                 "PATCHAAS_REFRESH_TRIES": "2",
+                                                 "PATCHAAS_REFRESH_BACKOFF": "0"},
+        )
+        assert done.stdout.strip() == f"rc={expected_rc}", done.stderr
+        assert int(count.read_text()) == expected_calls
+
+
 def test_packages_dpkg_left_half_configured_are_retried() -> None:
     status = "ii |pt-hello|1.1\niF |pt-fails|1.1\niU |pt-unpacked|2.0\nrc |gone|1.0\nhi |held|3.0\n"
     assert run_lib("apt_broken", status) == ["pt-fails 1.1 1.1", "pt-unpacked 2.0 2.0"]

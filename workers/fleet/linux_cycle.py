@@ -68,6 +68,24 @@ rpm_version() {
     rpm -q --qf '%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\n' "$1" 2>/dev/null | tail -n 1
 }
 
+# A refresh that could not fetch every source is a failed refresh: apt-get update exits 0 after network
+# errors ("W: Failed to fetch …", "Err:" lines), and listing upgrades from stale or missing indexes would
+# report "nothing to install" on a server that has updates. Tried 3 times (mirrors blip), then failed.
+apt_fetch_failed() {
+    grep -Eq '^(Err:|W: Failed to fetch|W: Some index files failed|E: )' "$1"
+}
+apt_refresh() {
+    tries=0
+    while :; do
+        $APT update > refresh.log 2>&1; rc=$?
+        if [ $rc -eq 0 ] && apt_fetch_failed refresh.log; then rc=100; fi
+        tries=$((tries + 1))
+        if [ $rc -eq 0 ] || [ $tries -ge "${PATCHAAS_REFRESH_TRIES:-3}" ]; then return $rc; fi
+        cat refresh.log >> refresh.earlier.log
+        sleep $((tries * ${PATCHAAS_REFRESH_BACKOFF:-5}))
+    done
+}
+
 if [ "${PATCHAAS_LIB_ONLY:-}" = 1 ]; then return 0 2>/dev/null || exit 0; fi
 
 PM=$1; RUN=$2; KEY=$3; shift 3
@@ -79,7 +97,7 @@ RESULT=2; RC=0
 
 if [ "$PM" = apt ]; then
     APT="apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
-    $APT update > refresh.log 2>&1; RC=$?
+    apt_refresh; RC=$?
     if [ $RC -eq 0 ]; then
         apt list --upgradable 2>/dev/null | apt_upgradable > candidates
         dpkg-query -W -f='${db:Status-Abbrev}|${Package}|${Version}\n' 2>/dev/null | apt_broken >> candidates
