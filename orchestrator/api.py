@@ -22,8 +22,10 @@ Every call returns models from `schemas.patching` whose fields match the REST an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
+from orchestrator import compliance as compliance_mod
 from orchestrator import rollouts, windows
 from orchestrator.bootstrap import Container
 from orchestrator.service import Conflict, NotFound, ServiceError
@@ -99,6 +101,12 @@ class Patchaas:
         """A rollout: its limits, state, stop reason, and its executions counted by status."""
         return self.service.rollout(alias, rollout_id)
 
+    def compliance(self, alias: str, groups: Sequence[str] = (),
+                   stale_after: timedelta | None = None) -> compliance_mod.ComplianceReport:
+        """Per server of the account (or of `groups`): compliant, non_compliant or unknown, from its most
+        recent finished run (orchestrator/compliance.py)."""
+        return compliance_mod.for_account(self.service, alias, groups, stale_after)
+
     # --- patch windows ------------------------------------------------------------------------
 
     def create_window(
@@ -136,6 +144,22 @@ class Patchaas:
         """One window (by id or name) with its next and recent occurrences."""
         service = windows.WindowService(self.service)
         return service.get(alias, service.find(alias, str(window)))
+
+    def update_window(self, alias: str, window: int | str, **changes: Any) -> windows.WindowInfo:
+        """Change a window (by id or name): any argument of `create_window` but `created_by`, or
+        `enabled=False` to pause it. Applies from the next occurrence that starts after the change."""
+        service = windows.WindowService(self.service)
+        if "waves" in changes:
+            changes["waves"] = [list(w) for w in changes["waves"] or ()]
+        return service.update(alias, service.find(alias, str(window)), changes)
+
+    def pause_window(self, alias: str, window: int | str) -> windows.WindowInfo:
+        """No occurrence of the window starts until it is resumed (a running one goes on until its cutoff)."""
+        return self.update_window(alias, window, enabled=False)
+
+    def resume_window(self, alias: str, window: int | str) -> windows.WindowInfo:
+        """Resume a paused window from its next occurrence."""
+        return self.update_window(alias, window, enabled=True)
 
     def delete_window(self, alias: str, window: int | str) -> windows.WindowInfo:
         """Delete a window (by id or name): no further occurrence starts."""

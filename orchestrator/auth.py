@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -245,6 +247,10 @@ class AuthService:
 
     def authenticate(self, token: str | None) -> Principal:
         """The caller behind a bearer token, or Unauthorized (401)."""
+        return self.check(token)[0]
+
+    def check(self, token: str | None) -> tuple[Principal, datetime]:
+        """`authenticate`, with the token's expiry (what `TokenCache` keeps)."""
         if not token:
             raise Unauthorized("this call needs a bearer token: Authorization: Bearer <token from the login call>")
         with self.sessions() as session:
@@ -259,7 +265,7 @@ class AuthService:
         expires_at, user, location = row
         if expires_at <= self.clock():
             raise Unauthorized("the bearer token has expired; log in again")
-        return Principal(user.username, user.account_alias, location, tuple(user.roles))
+        return Principal(user.username, user.account_alias, location, tuple(user.roles)), expires_at
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:
@@ -272,3 +278,48 @@ class AuthService:
         if self._dummy_hash is None:
             self._dummy_hash = self.hasher.hash(secrets.token_hex(16))
         self._verify(self._dummy_hash, password)
+
+
+class TokenCache:
+    """The principals of bearer tokens checked in the last `ttl` seconds, so a client's burst of calls
+    costs one token query, not one per call (the REST API's `_caller`). Keyed by the token's digest, like
+    the tokens table. A cached token still expires on time (its `expires_at` is checked against the
+    service clock on every hit); a change to the user (roles, deletion) is seen within `ttl`. `ttl` 0
+    turns the cache off."""
+
+    def __init__(self, auth: AuthService, ttl: float, size: int = 10_000,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.auth = auth
+        self.ttl = ttl
+        self.size = size
+        self.monotonic = monotonic
+        self._entries: dict[str, tuple[Principal, datetime, float]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, token: str | None) -> Principal | None:
+        """The principal of `token` if it was checked within `ttl` and has not expired since; else None."""
+        if not token or self.ttl <= 0:
+            return None
+        digest = token_digest(token)
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        principal, expires_at, checked = entry
+        if self.monotonic() - checked >= self.ttl or expires_at <= self.auth.clock():
+            with self._lock:
+                self._entries.pop(digest, None)
+            return None
+        return principal
+
+    def authenticate(self, token: str | None) -> Principal:
+        """`AuthService.authenticate` through the cache (a database query on a miss)."""
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
+        principal, expires_at = self.auth.check(token)
+        if self.ttl > 0 and token:
+            with self._lock:
+                if len(self._entries) >= self.size:
+                    self._entries.clear()  # bounded: a flood of tokens costs queries, never memory
+                self._entries[token_digest(token)] = (principal, expires_at, self.monotonic())
+        return principal

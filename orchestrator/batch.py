@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZE = 50  # executions per batch message at most
+DEFAULT_SIZE = 100  # executions per batch message at most (PATCHAAS_BATCH_SIZE)
 DEFAULT_SPREAD = 8  # a hand-off is spread over at least this many messages, so every worker process gets some
 
 
@@ -62,6 +63,12 @@ class BatchConfig:
     # goes back to the queue, so a worker process is never held long by one batch
     max_rounds: int = 200  # and after this many rounds
     fleet_threads: int = 8  # fleet calls of one round run on this many threads (1: one after the other)
+
+    @classmethod
+    def of(cls, config: Any) -> BatchConfig:
+        """The batch settings an engine was configured with (`EngineConfig.batch_*`, from Settings)."""
+        return cls(size=config.batch_size, budget=config.batch_budget, max_rounds=config.batch_max_rounds,
+                   fleet_threads=config.batch_fleet_threads)
 
 
 @dataclass
@@ -291,21 +298,29 @@ def deliver_many(engine: Engine, ids: Sequence[int]) -> list[notifications.Deliv
     results = [notifications.Delivery(i, sent=False, error="already sent or being sent")
                for i in ids if i not in taken]
     marks: list[tuple[int, str | None, timedelta]] = []
-    for outbox_id, message, attempts in claimed:
-        error: str | None = None
-        try:
-            engine.mailer.send(message)
-        except Exception as exc:  # any SMTP or socket failure: the row stays queued
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("email %s not sent (attempt %d): %s", outbox_id, attempts, error)
-        engine.hooks.reached("after_email", str(outbox_id), "deliver")
-        marks.append((outbox_id, error, _backoff(attempts, cfg.retry_backoff, cfg.max_backoff)))
-        results.append(notifications.Delivery(outbox_id, sent=error is None, error=error))
+    session = getattr(engine.mailer, "session", None)  # one SMTP connection for the batch, when it has one
+    with session() if session is not None and claimed else nullcontext(engine.mailer.send) as send:
+        for outbox_id, message, attempts in claimed:
+            error: str | None = None
+            try:
+                send(message)
+            except Exception as exc:  # any SMTP or socket failure: the row stays queued
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("email %s not sent (attempt %d): %s", outbox_id, attempts, error)
+            engine.hooks.reached("after_email", str(outbox_id), "deliver")
+            marks.append((outbox_id, error, _backoff(attempts, cfg.retry_backoff, cfg.max_backoff)))
+            results.append(notifications.Delivery(outbox_id, sent=error is None, error=error))
 
     def mark(session: Session) -> None:
         at = engine.clock()
+        sent = sorted(outbox_id for outbox_id, error, _ in marks if error is None)
+        if sent:  # what `notifications.mark` writes for a sent row, for all of them in one statement
+            table = models.Outbox.__table__
+            session.execute(sa.update(table).where(table.c.id.in_(sent))
+                            .values(sent_at=at, claimed_until=None, last_error=None))
         for outbox_id, error, retry_in in marks:
-            notifications.mark(session, outbox_id, at, error, retry_in)
+            if error is not None:
+                notifications.mark(session, outbox_id, at, error, retry_in)
 
     if marks:
         engine._tx(mark)
@@ -353,10 +368,10 @@ def dispatch_due(engine: Engine, now: datetime) -> int:
     as the claim's tolerance (`early`), so a timer is handled when it falls due rather than at the next
     tick. A lost message costs `redrive`, as before: the rows stay marked only that long."""
     cfg = engine.config
-    until = now + cfg.short_countdown
+    until = now + (cfg.short_countdown if cfg.tick_lookahead is None else cfg.tick_lookahead)
     width = cfg.early.total_seconds()
     total = 0
-    for _ in range(MAX_TICK_ROUNDS):
+    for _ in range(cfg.tick_max_rounds):
         rows = engine._tx(lambda session: executions.claim_due_until(session, now, until, cfg.redrive, cfg.tick_batch))
         total += len(rows)
         group: list[str] = []
@@ -364,16 +379,49 @@ def dispatch_due(engine: Engine, now: datetime) -> int:
         for execution_id, due in rows:
             wait = max(0.0, (due - now).total_seconds())
             if group and wait - start >= width:
-                hand_off(engine.dispatcher, group, spread=1, delay=start)  # timers spread the work already
+                hand_off(engine.dispatcher, group, cfg.batch_size, spread=1, delay=start)  # timers spread already
                 group = []
             if not group:
                 start = wait
             group.append(execution_id)
         if group:
-            hand_off(engine.dispatcher, group, spread=1 if start > 0 else DEFAULT_SPREAD, delay=start)
+            hand_off(engine.dispatcher, group, cfg.batch_size, spread=1 if start > 0 else cfg.batch_spread,
+                     delay=start)
         if len(rows) < cfg.tick_batch:
             break
     return total
+
+
+STATUS_FIRST = (machine.InspectServer, machine.PollServer, machine.PowerOn, machine.SetMaintenance,
+                machine.RebootServer, machine.PowerOff)  # commands whose far-side check is a status read
+
+
+class _Prefetched:
+    """A fleet whose reads (`status`, `cycle_result`) answer from the round's bulk reads, once each (a
+    second read of the same thing, or one the bulk read did not know, goes to the fleet itself); every
+    other call goes to the fleet. Effects are not affected: these are the reads `_perform` does before
+    deciding on them, done earlier in the round in one call."""
+
+    _MISSING = object()
+
+    def __init__(self, fleet: Any, statuses: dict[str, Any], results: dict[tuple[str, str], Any]) -> None:
+        self._fleet = fleet
+        self._statuses = dict(statuses)
+        self._results = dict(results)
+        self._lock = threading.Lock()
+
+    def status(self, server: str) -> Any:
+        with self._lock:
+            known = self._statuses.pop(server, None)
+        return known if known is not None else self._fleet.status(server)
+
+    def cycle_result(self, server: str, key: str) -> Any:
+        with self._lock:
+            known = self._results.pop((server, key), self._MISSING)
+        return self._fleet.cycle_result(server, key) if known is self._MISSING else known
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fleet, name)
 
 
 class BatchRunner:
@@ -381,7 +429,7 @@ class BatchRunner:
 
     def __init__(self, engine: Engine, config: BatchConfig | None = None) -> None:
         self.engine = engine
-        self.config = config or BatchConfig()
+        self.config = config or BatchConfig.of(engine.config)
 
     def run(self, ids: Sequence[str]) -> BatchReport:
         engine, cfg = self.engine, self.config
@@ -413,7 +461,9 @@ class BatchRunner:
     ) -> tuple[list[_Step], list[str]]:
         engine = self.engine
         now = engine.clock()
-        self._map(pool, lambda s: self._plan(s, now), steps)
+        commands = {s.view.id: machine.command_for(s.view, now, engine.policy) for s in steps}
+        fleet = self._status_reader(steps, commands)
+        self._map(pool, lambda s: self._plan(s, now, commands[s.view.id], fleet), steps)
 
         waiting = [s for s in steps if s.pending_intent is not None and s.error is None]
         if waiting:
@@ -439,13 +489,46 @@ class BatchRunner:
         else:
             list(pool.map(fn, steps))
 
-    def _plan(self, s: _Step, now: datetime) -> None:
+    def _status_reader(self, steps: list[_Step], commands: dict[str, machine.Command]) -> Any:
+        """The fleet the round's far-side checks read: with one bulk `statuses` call for every server
+        whose command starts with a status read (polls, inspections, maintenance, power, reboot) and one
+        `cycle_results` call for every report to read (awaiting_result, a package retry), when the driver
+        has them; otherwise the engine's own fleet."""
+        fleet = self.engine.fleet
+        statuses: dict[str, Any] = {}
+        results: dict[tuple[str, str], Any] = {}
+        bulk = getattr(fleet, "statuses", None)
+        servers = [s.view.server for s in steps if isinstance(commands[s.view.id], STATUS_FIRST)]
+        if bulk is not None and len(servers) > 1:
+            try:
+                statuses = bulk(servers)
+            except Exception as error:  # a failed bulk read: each step reads its own (and fails on its own)
+                log.warning("bulk status of %d servers failed (%s); one call each", len(servers), _describe(error))
+        bulk = getattr(fleet, "cycle_results", None)
+        wanted = []
+        for s in steps:
+            command = commands[s.view.id]
+            if isinstance(command, machine.FetchCycleResult) or (
+                    isinstance(command, machine.InvokeUpdatePackage) and s.intent is not None
+                    and s.intent.get("key") == command.key):  # the retry's look-up (engine._perform)
+                wanted.append((s.view.server, command.key))
+        if bulk is not None and len(wanted) > 1:
+            try:
+                results = bulk(wanted)
+            except Exception as error:
+                log.warning("bulk cycle results of %d runs failed (%s); one call each", len(wanted), _describe(error))
+        return _Prefetched(fleet, statuses, results) if statuses or results else fleet
+
+    def _plan(self, s: _Step, now: datetime, command: machine.Command | None = None, fleet: Any = None) -> None:
         """The engine's `_perform` for this step, with its intent-and-effect pair held back."""
         engine = self.engine
         s.state = s.view.state.value
-        command = machine.command_for(s.view, now, engine.policy)
+        if command is None:
+            command = machine.command_for(s.view, now, engine.policy)
         s.command = type(command).__name__
         planner = copy.copy(engine)  # the engine's own far-side checks; only `_effect` is replaced
+        if fleet is not None:
+            planner.fleet = fleet  # the round's statuses and cycle results, read in one call each
 
         def hold(view: machine.ExecutionView, key: str, act: Callable[[], None],
                  intent: dict[str, Any] | None = None) -> machine.ExecutionView:
@@ -558,17 +641,15 @@ class BatchRunner:
         events = [e for e in (executions.event_values(s.view, d, now) for s, d, _ in saved) if e is not None]
         if events:
             session.execute(sa.insert(models.ExecutionEvent.__table__), events)
+        # every email of the round in four statements (the rows just written carry every column they need)
+        out.outbox_ids += notifications.enqueue_many(
+            session, [(rows[s.view.id], kind) for s, decision, _ in saved for kind in decision.emails], now,
+            cfg.redrive)
         for s, decision, again in saved:
             view = s.view
             row = rows[view.id]
             out.saved += 1
             out.saved_ids.add(view.id)
-            for kind in decision.emails:
-                execution = session.get(models.Execution, view.id, populate_existing=True)
-                if execution is not None:
-                    queued = notifications.enqueue(session, execution, kind, now, cfg.redrive)
-                    if queued is not None:
-                        out.outbox_ids.append(queued.id)
             due = decision.next_run_at
             if again:
                 out.next_steps.append(_Step(executions.to_view(row), dict(row.intent) if row.intent else None))

@@ -65,6 +65,14 @@ def engine_config(settings: Settings) -> EngineConfig:
         tick_batch=settings.tick_batch,
         email_hold=timedelta(seconds=settings.email_hold_seconds),
         db_retry=timedelta(seconds=settings.db_retry_seconds),
+        batch_size=settings.batch_size,
+        batch_spread=settings.batch_spread,
+        batch_budget=timedelta(seconds=settings.batch_budget_seconds),
+        batch_max_rounds=settings.batch_max_rounds,
+        batch_fleet_threads=settings.batch_fleet_threads,
+        tick_lookahead=(None if settings.tick_lookahead_seconds is None
+                        else timedelta(seconds=settings.tick_lookahead_seconds)),
+        tick_max_rounds=settings.tick_max_rounds,
     )
 
 
@@ -110,12 +118,16 @@ def build(
     hooks: Hooks | None = None,
 ) -> Container:
     """Wire a container; anything passed in replaces what settings would build."""
-    sql = db.create_engine_for(settings.database_url)
+    sql = db.create_engine_for(settings.database_url, ping_after_idle=settings.db_ping_after_idle_seconds)
     sessions = db.session_factory(sql)
     mailer = mailer if mailer is not None else build_mailer(settings)
 
     def make_engine() -> tuple[Fleet, Engine]:
         driver = fleet if fleet is not None else build_fleet(settings)
+        if settings.report_base_url:  # offer the report channel; read recorded reports before polling
+            from orchestrator import reports
+
+            driver = reports.ReportingFleet(driver, reports.ReportChannel(sessions, clock), settings.report_base_url)
         crash_hooks = hooks if hooks is not None else faults.hooks_from_settings(settings)  # chaos tests only
         engine = Engine(
             sessions=sessions,

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from orchestrator import naming
 from orchestrator.settings import DEFAULT_PACKAGE_ID, Settings
+from orchestrator.ssh_cli import ssh_host_app
 
 if TYPE_CHECKING:
     from orchestrator.auth import AuthService
@@ -30,6 +31,7 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 sim_app = typer.Typer(help="The simulated fleet (for demos, tests and benchmarks).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="sim")
+app.add_typer(ssh_host_app, name="ssh-host")  # orchestrator/ssh_cli.py
 console = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
 
@@ -41,11 +43,16 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 @app.command()
 def demo(workdir: Annotated[Path, typer.Option(help="where the demo's SQLite file goes")] = Path("var"),
-         timeout: Annotated[float, typer.Option(help="seconds to wait for the fleet")] = 90.0) -> None:
+         timeout: Annotated[float, typer.Option(help="seconds to wait for the fleet")] = 90.0,
+         transport: Annotated[str | None, typer.Option(
+             help="inprocess | http: the fleet over HTTP (simulator + clc driver + report channel) "
+                  "(default PATCHAAS_DEMO_TRANSPORT, inprocess)")] = None,
+         linux: Annotated[bool, typer.Option("--linux", help="also patch real Linux test hosts (2 Debian, 2 dnf) "
+                                             "over SSH, built by scripts/linux-test-hosts (root)")] = False) -> None:
     """Patch a simulated fleet end to end on the embedded default (no PostgreSQL, no Redis)."""
     from orchestrator import demo as demo_mod
 
-    raise typer.Exit(demo_mod.run(workdir, timeout, console))
+    raise typer.Exit(demo_mod.run(workdir, timeout, console, transport, linux=linux))
 
 
 @app.command()
@@ -134,6 +141,51 @@ def _patching() -> object:
     from orchestrator.api import Patchaas
 
     return Patchaas.connect()
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+           overdue_after: Annotated[float, typer.Option(help="a timer this many seconds late is overdue")] = 60.0,
+           ) -> None:
+    """Is the service able to work (database migrated, broker up) and is the work flowing (active runs by
+    state, overdue timers, retries, stuck emails, servers whose run could not end maintenance mode).
+    Exit code 0: ready and healthy; 1: a dependency is down; 3: ready, but work needs attention."""
+    import json
+    from datetime import timedelta
+
+    from orchestrator import db, health
+
+    settings = Settings()
+    sql = db.create_engine_for(settings.database_url)
+    sessions = db.session_factory(sql)
+    try:
+        checks = health.readiness(sessions, settings.broker_url)
+        ready = all(c.ok for c in checks)
+        view = health.overview(sessions, db.utcnow(), timedelta(seconds=overdue_after)) if checks[0].ok else None
+    finally:
+        sql.dispose()
+    if as_json:
+        print(json.dumps({"ready": ready, "checks": [c.__dict__ for c in checks],
+                          "overview": view.as_dict() if view else None}))
+    else:
+        for check in checks:
+            mark = "[green]ok[/]" if check.ok else "[red]DOWN[/]"
+            console.print(f"{check.name:9} {mark}  {check.detail} ({check.seconds * 1000:.0f} ms)")
+        if view is not None:
+            states = ", ".join(f"{k} {v}" for k, v in view.active.items()) or "none"
+            console.print(f"active    {sum(view.active.values())} ({states}); held by rollouts {view.held}")
+            late = f", oldest {view.oldest_overdue_seconds:.0f} s late" if view.overdue else ""
+            console.print(f"timers    {view.overdue} overdue{late}; {view.expired_leases} expired leases; "
+                          f"{view.retrying} retrying")
+            age = f", oldest {view.oldest_unsent_seconds:.0f} s" if view.unsent_emails else ""
+            console.print(f"emails    {view.unsent_emails} unsent{age}")
+            for server, execution_id in view.left_in_maintenance:
+                console.print(f"[yellow]attention[/] {server} may still be in maintenance mode: run {execution_id} "
+                              "could not turn it off")
+    if not ready:
+        raise typer.Exit(1)
+    if view is not None and not view.healthy:
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -261,6 +313,56 @@ def cancel(alias: Annotated[str, typer.Argument()], server: Annotated[str, typer
     console.print(f"{item.execution_id}: cancel requested by {item.cancelled_by} (state {item.state})")
 
 
+@app.command("compliance")
+def compliance_cmd(
+    alias: Annotated[str, typer.Option(help="account alias")],
+    group: Annotated[list[str] | None, typer.Option(help="only this group (repeatable; nested included)")] = None,
+    stale_after_days: Annotated[int | None, typer.Option(help="flag answers older than this many days")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
+    """Is each server at the latest patches, as its most recent finished run knows? Exit code 0 when every
+    server is compliant (and none is stale), 3 otherwise."""
+    import json
+    from datetime import timedelta
+
+    from rich.table import Table
+
+    from orchestrator.api import Patchaas
+    from orchestrator.service import ServiceError
+
+    if stale_after_days is not None and stale_after_days < 1:
+        raise _fail("--stale-after-days must be at least 1", 2)
+    patching = _patching()
+    assert isinstance(patching, Patchaas)
+    try:
+        found = patching.compliance(alias, group or (),
+                                    timedelta(days=stale_after_days) if stale_after_days else None)
+    except (ServiceError, naming.NamingError) as exc:
+        status = getattr(exc, "status", 400)
+        raise _fail(getattr(exc, "message", str(exc)), 2 if status == 400 else 1) from None
+    finally:
+        patching.close()
+    if as_json:
+        print(json.dumps({"alias": found.alias, "at": found.at.isoformat(), "counts": found.counts(),
+                          "servers": [s.__dict__ | {"as_of": s.as_of.isoformat() if s.as_of else None,
+                                                    "missing": list(s.missing), "failed": list(s.failed)}
+                                      for s in found.servers]}))
+    else:
+        table = Table("server", "status", "as of", "missing", "failed", "why")
+        colour = {"compliant": "green", "non_compliant": "red", "unknown": "yellow"}
+        for s in found.servers:
+            state = f"[{colour[s.status]}]{s.status}[/]" + (" (stale)" if s.stale else "") \
+                + (" (patching now)" if s.patching_now else "")
+            table.add_row(s.server, state, f"{s.as_of:%Y-%m-%d %H:%M}" if s.as_of else "-",
+                          ", ".join(s.missing) or "-", ", ".join(s.failed) or "-", s.reason)
+        console.print(table)
+        counts = found.counts()
+        console.print(f"{counts['compliant']} compliant, {counts['non_compliant']} non-compliant, "
+                      f"{counts['unknown']} unknown")
+    if any(s.status != "compliant" or s.stale for s in found.servers):
+        raise typer.Exit(3)
+
+
 # --- patch windows ----------------------------------------------------------------------------
 
 window_app = typer.Typer(help="Scheduled patch windows.", no_args_is_help=True)
@@ -288,7 +390,8 @@ def _print_window(info: object) -> None:
     assert isinstance(info, WindowInfo)
     targets = ", ".join([*info.groups, *info.servers])
     rate = f"max concurrency {info.max_concurrency or 'unlimited'}, max errors {info.max_errors or 'none'}"
-    console.print(f"window {info.id} [bold]{info.name}[/]: {info.schedule_kind} \"{info.schedule}\" "
+    paused = "" if info.enabled else " [yellow](paused)[/]"
+    console.print(f"window {info.id} [bold]{info.name}[/]{paused}: {info.schedule_kind} \"{info.schedule}\" "
                   f"({info.timezone}), {info.duration} long, cutoff {info.cutoff}; targets {targets}; {rate}")
     for start in info.next_occurrences:
         console.print(f"  next: {start:%Y-%m-%d %H:%M} UTC")
@@ -355,6 +458,53 @@ def window_show(alias: Annotated[str, typer.Option(help="account alias")],
                 window: Annotated[str, typer.Argument(help="window id or name")]) -> None:
     """One window with its next and recent occurrences."""
     _print_window(_window_call(lambda patching: patching.window(alias, window)))  # type: ignore[attr-defined]
+
+
+@window_app.command("edit")
+def window_edit(
+    alias: Annotated[str, typer.Option(help="account alias")],
+    window: Annotated[str, typer.Argument(help="window id or name")],
+    name: Annotated[str | None, typer.Option(help="a new name")] = None,
+    server: Annotated[list[str] | None, typer.Option(help="server name (repeatable; replaces the servers)")] = None,
+    group: Annotated[list[str] | None, typer.Option(help="group id (repeatable; replaces the groups)")] = None,
+    cron: Annotated[str | None, typer.Option(help="a cron expression (replaces the schedule)")] = None,
+    monthly: Annotated[str | None, typer.Option(help="a monthly rule (replaces the schedule)")] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA time zone")] = None,
+    duration: Annotated[str | None, typer.Option(help="how long the window is open")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="no new update cycle starts in the window's last …")] = None,
+    max_concurrency: Annotated[str | None, typer.Option(help="a count or a percentage; 'none' for unlimited")] = None,
+    max_errors: Annotated[str | None, typer.Option(help="a count or a percentage; 'none' for no threshold")] = None,
+    wave: Annotated[list[str] | None, typer.Option(help="an ordered wave (repeatable; replaces the waves)")] = None,
+    package: Annotated[str | None, typer.Option(help="package id")] = None,
+) -> None:
+    """Change a window: only the options given change. Applies from the next occurrence that starts after
+    the change (an open one is neither restarted nor changed)."""
+    given = {"name": name, "servers": server, "groups": group, "cron": cron, "monthly": monthly,
+             "timezone": timezone, "duration": duration, "cutoff": cutoff, "max_concurrency": max_concurrency,
+             "max_errors": max_errors, "waves": [w.split(",") for w in wave] if wave else None, "package_id": package}
+    changes: dict[str, object] = {k: v for k, v in given.items() if v is not None}
+    for limit in ("max_concurrency", "max_errors"):
+        if str(changes.get(limit, "")).lower() == "none":
+            changes[limit] = None
+    if not changes:
+        raise _fail("nothing to change: give at least one option (see --help)", 2)
+    info = _window_call(lambda patching: patching.update_window(alias, window, **changes))  # type: ignore[attr-defined]
+    _print_window(info)
+
+
+@window_app.command("pause")
+def window_pause(alias: Annotated[str, typer.Option(help="account alias")],
+                 window: Annotated[str, typer.Argument(help="window id or name")]) -> None:
+    """Pause a window: no occurrence starts until it is resumed (a running one goes on until its cutoff)."""
+    info = _window_call(lambda patching: patching.pause_window(alias, window))  # type: ignore[attr-defined]
+    console.print(f"window {info.id} {info.name} paused")
+
+
+@window_app.command("resume")
+def window_resume(alias: Annotated[str, typer.Option(help="account alias")],
+                  window: Annotated[str, typer.Argument(help="window id or name")]) -> None:
+    """Resume a paused window from its next occurrence (one that opened while paused is not started late)."""
+    _print_window(_window_call(lambda patching: patching.resume_window(alias, window)))  # type: ignore[attr-defined]
 
 
 @window_app.command("delete")
@@ -495,6 +645,11 @@ def simulator(
     drop_rate: Annotated[float, typer.Option(help="share of connections closed without an answer")] = 0.0,
     token_ttl: Annotated[float, typer.Option(help="seconds a bearer token lives (CLC: 2 weeks)")] = 14 * 24 * 3600.0,
     after_effect_share: Annotated[float, typer.Option(help="share of 5xx/drops that strike after the effect")] = 0.5,
+    report_drop_rate: Annotated[float, typer.Option(help="share of cycle reports servers never post")] = 0.0,
+    report_duplicate_rate: Annotated[float, typer.Option(help="share of cycle reports posted twice")] = 0.0,
+    hide_package_results: Annotated[
+        bool, typer.Option(help="packageRuns never says a run finished: results only via the report channel")
+    ] = False,
     log_level: Annotated[str, typer.Option()] = "warning",
 ) -> None:
     """Serve a CLC API v2 subset over the simulated fleet, with fault injection (see docs/CLC_SIMULATOR.md)."""
@@ -504,7 +659,9 @@ def simulator(
     try:
         alias = naming.check_alias(alias)
         faults = clc_simulator.Faults(error_rate=fault_5xx_rate, latency_ms=latency_ms, drop_rate=drop_rate,
-                                      token_ttl_seconds=token_ttl, after_effect_share=after_effect_share, seed=seed)
+                                      token_ttl_seconds=token_ttl, after_effect_share=after_effect_share, seed=seed,
+                                      report_drop_rate=report_drop_rate, report_duplicate_rate=report_duplicate_rate,
+                                      hide_package_results=hide_package_results)
         sim_timings = factory.timings_for(settings.model_copy(update={"sim_timings": timings or settings.sim_timings}))
     except ValueError as exc:
         raise _fail(str(exc), 2) from None

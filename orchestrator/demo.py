@@ -1,14 +1,23 @@
 """`patchaas demo`: a simulated fleet of a dozen Windows 2012 / 2012 R2 servers in nested groups, patched
 end to end by the production tasks and state machine on the embedded default (SQLite + in-process
-broker), with a live progress table, the summary and one execution's detail, and the emails received."""
+broker), with a live progress table, the summary and one execution's detail, and the emails received.
+
+Two transports (`PATCHAAS_DEMO_TRANSPORT` or `--transport`): `inprocess` (the default) calls the simulated
+fleet directly; `http` serves it with `patchaas simulator`'s app and serves the REST API, both on free
+loopback ports in threads of this process, and patches through the `clc` driver over HTTP, the simulated
+servers posting each cycle's report to the API's report channel. Neither needs PostgreSQL or Redis."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -17,6 +26,11 @@ from orchestrator import db, inventory, models
 from orchestrator.mailsink import MailSink
 from orchestrator.settings import DEFAULT_PACKAGE_ID, Settings
 from schemas.patching import PackageRequest
+
+if TYPE_CHECKING:
+    from orchestrator.bootstrap import Container
+    from orchestrator.fleet import Fleet
+    from workers.fleet.simulated import SimulatedFleet
 
 ALIAS = "OSD"
 GROUPS = (
@@ -33,6 +47,8 @@ def _pause(seconds: float) -> None:
 
 
 STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow"}
+TRANSPORTS = ("inprocess", "http")
+CLC_USER = ("demo", "demo-password")
 
 
 def demo_settings(workdir: Path, smtp_url: str) -> Settings:
@@ -53,12 +69,71 @@ def demo_settings(workdir: Path, smtp_url: str) -> Settings:
     )
 
 
-def run(workdir: Path = Path("var"), timeout: float = 90.0, console: Console | None = None) -> int:
-    """Run the demo; returns a process exit code (0 when every server reached its expected end)."""
-    from workers.embedded import embedded
+class _LateApp:
+    """An ASGI app whose routes arrive later: the REST API's port must be known (it goes into the settings
+    as the report channel's base URL) before the container the API serves is built."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    def attach(self, container: Container) -> None:
+        from orchestrator.rest import create_app
+
+        self.app = create_app(container)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.app is None:
+            from fastapi.responses import JSONResponse
+
+            if scope["type"] == "http":  # 503: the package's report is retried
+                await JSONResponse({"message": "starting"}, status_code=503)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+@contextmanager
+def _over_http(fleet: SimulatedFleet, settings: Settings) -> Iterator[tuple[Settings, Fleet, _LateApp, str]]:
+    """The simulator (over `fleet`) and the REST API on free loopback ports; settings for the clc driver
+    and the report channel; the driver."""
+    from workers.fleet import clc, clc_simulator
+
+    simulator = clc_simulator.create_app(fleet, clc_simulator.users_from(dict([CLC_USER]), ALIAS))
+    api = _LateApp()
+    with clc_simulator.running(simulator) as simulator_url, clc_simulator.running(api) as api_url:
+        over_http = settings.model_copy(update={
+            "fleet": "clc", "clc_base_url": simulator_url, "clc_username": CLC_USER[0],
+            "clc_password": SecretStr(CLC_USER[1]), "clc_account_alias": ALIAS, "report_base_url": api_url,
+            "clc_poll_interval_seconds": 0.2, "clc_rate_per_second": 200.0, "clc_rate_burst": 50,
+            # results arrive by the report channel, which wakes the run; polling the fleet is the fallback
+            "poll_interval_seconds": 1.0,
+        })
+        driver = clc.ClcFleet.from_settings(over_http)
+        try:
+            yield over_http, driver, api, simulator_url
+        finally:
+            driver.close()
+
+
+def run(workdir: Path = Path("var"), timeout: float = 90.0, console: Console | None = None,
+        transport: str | None = None, linux: bool = False) -> int:
+    """Run the demo; returns a process exit code (0 when every server reached its expected end). With
+    `linux`, real Linux test hosts are patched over SSH beside the simulated fleet (orchestrator/demo_linux.py;
+    root needed: exit code 2 and a message otherwise)."""
+    from contextlib import ExitStack
+
+    from orchestrator import demo_linux
     from workers.fleet import simulated
 
     console = console or Console()
+    transport = transport or Settings().demo_transport
+    if transport not in TRANSPORTS:
+        console.print(f"[red]unknown demo transport {transport!r} (PATCHAAS_DEMO_TRANSPORT): "
+                      f"choose {' or '.join(TRANSPORTS)}")
+        return 2
+    why = demo_linux.unavailable() if linux else None
+    if why:
+        console.print(f"[red]error:[/] {why}")
+        return 2
     workdir.mkdir(parents=True, exist_ok=True)
     for leftover in workdir.glob("demo.db*"):
         leftover.unlink()
@@ -66,42 +141,25 @@ def run(workdir: Path = Path("var"), timeout: float = 90.0, console: Console | N
     fleet = simulated.SimulatedFleet.create(
         specs, simulated.MemoryStore(), simulated.SimTimings.demo(), seed=7
     )
-    with MailSink() as sink:
+    with MailSink() as sink, ExitStack() as hosts:
         settings = demo_settings(workdir, sink.url)
+        real = hosts.enter_context(demo_linux.running_hosts(workdir, console)) if linux else None
         console.rule("[bold]patchaas demo")
         console.print(
             f"Embedded default: SQLite at {settings.database_url}, Celery on the in-process broker, "
             f"a simulated fleet of {len(specs)} servers, SMTP on {sink.url}."
         )
-        with embedded(settings, fleet=fleet) as container:
-            with container.sessions.begin() as session:
-                now = db.utcnow()
-                inventory.ensure_account(session, ALIAS, "OSD Demo", "VA1", "ops@osd.example", now)
-                for gid, name, parent in GROUPS:
-                    inventory.ensure_group(session, ALIAS, gid, name, parent)
-                inventory.register_servers(
-                    session,
-                    ALIAS,
-                    (
-                        inventory.ServerSpec(s.name, s.os_type, s.power_state.value, GROUPS[i % len(GROUPS)][0])
-                        for i, s in enumerate(specs)
-                    ),
+        if transport == "http":
+            with _over_http(fleet, settings) as (over_http, driver, api, simulator_url):
+                console.print(
+                    f"Over HTTP: the CLC simulator on {simulator_url} (clc driver), the REST API on "
+                    f"{over_http.report_base_url} (the servers post each cycle's report to its report channel)."
                 )
-            console.print(f"\nGroup action: execute package {DEFAULT_PACKAGE_ID} on va1-0001 (and nested groups)")
-            answers = container.service.execute_package_on_groups(
-                ALIAS, ["va1-0001"], PackageRequest(packageId=DEFAULT_PACKAGE_ID), requested_by="demo"
-            )
-            for answer in answers:
-                if not answer.is_queued:
-                    console.print(f"  [yellow]{answer.server}: refused[/] — {answer.error_message}")
-            queued = [a for a in answers if a.is_queued]
-            console.print(f"  {len(queued)} servers queued, {len(answers) - len(queued)} refused\n")
-            finished = _watch(container.sessions, [a.execution_id for a in queued if a.execution_id],
-                              timeout, console)
-            _show_results(container, queued, console)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and len(sink.messages) < 2 * len(queued):
-                _pause(0.2)
+                finished, queued = _patch(over_http, real.fleet(over_http, driver) if real else driver, specs,
+                                          timeout, console, sink, api.attach, real)
+        else:
+            finished, queued = _patch(settings, real.fleet(settings, fleet) if real else fleet, specs, timeout,
+                                      console, sink, None, real)
         console.print(f"\nEmails received by the SMTP server: {len(sink.messages)} "
                       f"(one start and one end per execution expected: {2 * len(queued)})")
     if not finished:
@@ -109,6 +167,67 @@ def run(workdir: Path = Path("var"), timeout: float = 90.0, console: Console | N
         return 1
     console.print(f"[bold green]Demo complete.[/] The database stays at {workdir / 'demo.db'}.")
     return 0
+
+
+def _patch(settings: Settings, fleet: Fleet, specs: list[Any], timeout: float, console: Console, sink: MailSink,
+           on_container: Callable[[Container], None] | None, linux: Any = None) -> tuple[bool, list[Any]]:
+    """Register the fleet, run the group action and watch it; (every execution finished, the queued ones)."""
+    from workers.embedded import embedded
+
+    with embedded(settings, fleet=fleet) as container:
+        if on_container is not None:
+            on_container(container)
+        with container.sessions.begin() as session:
+            now = db.utcnow()
+            inventory.ensure_account(session, ALIAS, "OSD Demo", "VA1", "ops@osd.example", now)
+            for gid, name, parent in GROUPS:
+                inventory.ensure_group(session, ALIAS, gid, name, parent)
+            inventory.register_servers(
+                session,
+                ALIAS,
+                (
+                    inventory.ServerSpec(s.name, s.os_type, s.power_state.value, GROUPS[i % len(GROUPS)][0])
+                    for i, s in enumerate(specs)
+                ),
+            )
+            if linux is not None:  # demo_linux.LinuxDemo: real hosts over SSH
+                linux.register(session, ALIAS, now)
+        console.print(f"\nGroup action: execute package {DEFAULT_PACKAGE_ID} on va1-0001 (and nested groups)")
+        answers = container.service.execute_package_on_groups(
+            ALIAS, ["va1-0001"], PackageRequest(packageId=DEFAULT_PACKAGE_ID), requested_by="demo"
+        )
+        if linux is not None:
+            answers = [*answers, *linux.execute(container, ALIAS, console)]
+        for answer in answers:
+            if not answer.is_queued:
+                console.print(f"  [yellow]{answer.server}: refused[/] — {answer.error_message}")
+        queued = [a for a in answers if a.is_queued]
+        console.print(f"  {len(queued)} servers queued, {len(answers) - len(queued)} refused\n")
+        finished = _watch(container.sessions, [a.execution_id for a in queued if a.execution_id],
+                          timeout, console)
+        _show_results(container, queued, console)
+        if linux is not None:
+            for server, packages_now in linux.installed().items():
+                console.print(f"  {server} (read inside the host): {packages_now}")
+        if settings.report_base_url:
+            _show_reports(container, console)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(sink.messages) < 2 * len(queued):
+            _pause(0.2)
+    return finished, queued
+
+
+def _show_reports(container: Container, console: Console) -> None:
+    """How the cycles' results arrived over HTTP."""
+    with container.sessions() as session:
+        recorded = session.scalar(sa.select(sa.func.count()).select_from(models.CycleReportRecord)) or 0
+        cycles = session.scalar(sa.select(sa.func.count()).select_from(models.Initiation)) or 0
+    fleet = container.fleet
+    console.print(
+        f"Report channel: the servers posted {recorded} cycle reports over HTTP for {cycles} cycles; the engine "
+        f"took {getattr(fleet, 'from_channel', 0)} cycle results from the reports and "
+        f"{getattr(fleet, 'from_fleet', 0)} from polling the fleet (a report that had not arrived yet)."
+    )
 
 
 def _progress(sessions: sa.orm.sessionmaker[sa.orm.Session], ids: list[str]) -> tuple[Table, bool]:

@@ -72,6 +72,14 @@ class EngineConfig:
     email_hold: timedelta = timedelta(minutes=2)
     early: timedelta = timedelta(milliseconds=250)
     db_retry: timedelta = timedelta(seconds=20)  # a transaction retries a database blip this long
+    # batches and timers (orchestrator/batch.py); PATCHAAS_BATCH_* and PATCHAAS_TICK_* in Settings
+    batch_size: int = batch.DEFAULT_SIZE  # executions per batch message at most
+    batch_spread: int = batch.DEFAULT_SPREAD  # an immediate hand-off goes in at least this many messages
+    batch_budget: timedelta = timedelta(seconds=2)  # a batch stops chaining after this long
+    batch_max_rounds: int = 200
+    batch_fleet_threads: int = 8
+    tick_lookahead: timedelta | None = None  # the tick sends timers due within this (None: short_countdown)
+    tick_max_rounds: int = batch.MAX_TICK_ROUNDS  # a tick claims `tick_batch` rows at most this many times
 
 
 def compute_backoff(attempts: int, base: timedelta, cap: timedelta) -> timedelta:
@@ -234,7 +242,10 @@ class Engine:
                     view = self._effect(view, key, lambda: fleet.set_maintenance(server, on, key))
                 return machine.MaintenanceSet(on), view
             case machine.InvokeUpdatePackage(cycle=cycle, key=key, exclude_kbs=exclude):
-                if fleet.cycle_result(server, key) is None:
+                # Intent before effect: without a recorded intent for this key the package was never sent,
+                # so the server cannot know the run; only a retry after the intent asks it first.
+                attempted = intent is not None and intent.get("key") == key
+                if not attempted or fleet.cycle_result(server, key) is None:
                     run = PackageRun(
                         package_id=view.package_id,
                         execution_id=view.id,

@@ -275,6 +275,8 @@ class SshHost(Base):
     key_ref: Mapped[str] = mapped_column(sa.String(500))
     package_manager: Mapped[str] = mapped_column(sa.String(8))  # apt | dnf | yum
     in_maintenance: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # the host key pinned for this host ("SHA256:…", migration 0007), beside PATCHAAS_SSH_KNOWN_HOSTS
+    host_key_fingerprint: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -344,3 +346,33 @@ class WindowOccurrence(Base):
     rollout_id: Mapped[int | None] = mapped_column(sa.ForeignKey("rollouts.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     note: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class ReportToken(Base):
+    """A bearer token of the report channel (orchestrator/reports.py), minted when a cycle of the update
+    package is invoked and handed to the package; stored only as its SHA-256 digest. It lets the package post
+    reports of its own execution until that execution ends."""
+
+    __tablename__ = "report_tokens"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    execution_id: Mapped[str] = mapped_column(sa.ForeignKey("executions.id", ondelete="CASCADE"), index=True)
+    cycle_key: Mapped[str] = mapped_column(sa.String(100))  # the invocation it was minted for (audit)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CycleReportRecord(Base):
+    """One cycle's report as the update package posted it to the report channel: recorded once per
+    (execution, cycle key); the engine reads it before asking the fleet (orchestrator/reports.py)."""
+
+    __tablename__ = "cycle_reports"
+    __table_args__ = (sa.UniqueConstraint("execution_id", "cycle_key", name="uq_cycle_reports_execution_key"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    execution_id: Mapped[str] = mapped_column(sa.ForeignKey("executions.id", ondelete="CASCADE"))
+    cycle_key: Mapped[str] = mapped_column(sa.String(100))
+    cycle: Mapped[int] = mapped_column(sa.Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the validated CycleReport, model_dump(mode="json")
+    body_digest: Mapped[str] = mapped_column(sa.String(64))  # SHA-256 of the canonical body: tells a replay apart
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import smtplib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import sqlalchemy as sa
@@ -42,6 +43,40 @@ class SmtpMailer:
     def send(self, message: EmailMessage) -> None:
         with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
             smtp.send_message(message)
+
+    @contextmanager
+    def session(self) -> Iterator[Callable[[EmailMessage], None]]:
+        """`send` for many messages over one SMTP connection (`batch.deliver_many`): opened at the first
+        send, dropped after any failure (the next send opens a new one), closed at the end. Each message is
+        still sent, and fails, on its own."""
+        smtp: smtplib.SMTP | None = None
+
+        def send(message: EmailMessage) -> None:
+            nonlocal smtp
+            if smtp is None:
+                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            try:
+                smtp.send_message(message)
+            except Exception:
+                _close(smtp)
+                smtp = None
+                raise
+
+        try:
+            yield send
+        finally:
+            if smtp is not None:
+                try:
+                    smtp.quit()
+                except (smtplib.SMTPException, OSError):
+                    _close(smtp)
+
+
+def _close(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.close()
+    except OSError:
+        pass
 
 
 class MemoryMailer:
@@ -99,6 +134,51 @@ def enqueue(
     return row
 
 
+def enqueue_many(
+    session: Session, items: Sequence[tuple[Any, str]], now: datetime, redrive: timedelta = timedelta(seconds=30)
+) -> list[int]:
+    """`enqueue` for many (execution, kind) pairs in the caller's transaction, in four statements whatever
+    their number: the outbox rows already there, the accounts, the patches of the end emails, one INSERT.
+    `execution` is a model or a row of the executions table; the outbox ids queued, in `items` order."""
+    if not items:
+        return []
+    ids = sorted({execution.id for execution, _ in items})
+    outbox = models.Outbox.__table__
+    there = {(r.execution_id, r.kind) for r in session.execute(
+        sa.select(outbox.c.execution_id, outbox.c.kind).where(outbox.c.execution_id.in_(ids)))}
+    wanted: list[tuple[Any, str]] = []
+    for execution, kind in items:
+        if (execution.id, kind) not in there:
+            there.add((execution.id, kind))
+            wanted.append((execution, kind))
+    if not wanted:
+        return []
+    aliases = sorted({execution.account_alias for execution, _ in wanted})
+    emails = {r.alias: r.email for r in session.execute(
+        sa.select(models.Account.alias, models.Account.email).where(models.Account.alias.in_(aliases)))}
+    ending = sorted({execution.id for execution, kind in wanted if kind != "start"})
+    patches: dict[str, list[Any]] = {i: [] for i in ending}
+    if ending:
+        table = models.Patch.__table__
+        for patch in session.execute(
+                sa.select(table).where(table.c.execution_id.in_(ending)).order_by(table.c.id)):
+            patches[patch.execution_id].append(patch)
+    rows = []
+    for execution, kind in wanted:
+        if kind == "start":
+            subject, body = compose(session, execution, kind)  # no query for a start email
+        else:
+            subject, body = compose_end(execution, patches[execution.id])
+        rows.append({
+            "execution_id": execution.id, "kind": kind,
+            "recipient": emails[execution.account_alias] if execution.account_alias in emails else "unknown@invalid",
+            "subject": subject, "body": body, "message_id": message_id(execution.id, kind),
+            "created_at": now, "dispatched_until": now + redrive, "attempts": 0,
+        })
+    return list(session.execute(
+        sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True), rows).scalars())
+
+
 def compose(session: Session, execution: models.Execution, kind: str) -> tuple[str, str]:
     """Subject and body of the start or end email."""
     server = execution.server_name
@@ -113,6 +193,13 @@ def compose(session: Session, execution: models.Execution, kind: str) -> tuple[s
     patches = session.scalars(
         sa.select(models.Patch).where(models.Patch.execution_id == execution.id).order_by(models.Patch.id)
     ).all()
+    return compose_end(execution, patches)
+
+
+def compose_end(execution: Any, patches: Sequence[Any]) -> tuple[str, str]:
+    """Subject and body of the end email of `execution` (a model or a row of its columns), given its patch
+    rows in id order (`enqueue_many` reads them for many executions in one query)."""
+    server = execution.server_name
     installed = [p for p in patches if p.status == "completed"]
     failed = [p for p in patches if p.status == "failed"]
     status = execution.state

@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     tick_seconds: float = Field(default=5.0, description="beat: how often due executions are claimed")
     tick_batch: int = 500
     short_countdown_seconds: float = Field(default=5.0, description="waits up to this use a task countdown")
+    # batches and timers (orchestrator/batch.py; docs/ARCHITECTURE.md, "Batches and timers")
+    batch_size: int = Field(default=100, ge=1, description="executions per batch message at most")
+    batch_spread: int = Field(
+        default=8, ge=1, description="an immediate hand-off is split into at least this many messages"
+    )
+    batch_budget_seconds: float = Field(
+        default=2.0, gt=0, description="a batch task stops chaining due steps after this long (far below the lease)"
+    )
+    batch_max_rounds: int = Field(default=200, ge=1, description="and after this many rounds")
+    batch_fleet_threads: int = Field(default=8, ge=1, description="fleet calls of one round run on this many threads")
+    tick_lookahead_seconds: float | None = Field(
+        default=None, ge=0, description="the tick hands off timers due within this (default: short_countdown)"
+    )
+    tick_max_rounds: int = Field(default=20, ge=1, description="a tick claims at most this many times tick_batch")
     visibility_timeout_seconds: int = 4 * 3600
     broker_socket_timeout_seconds: float = Field(
         default=10.0, description="a Redis call that gets no answer fails after this long (frozen or half-open)"
@@ -59,6 +73,9 @@ class Settings(BaseSettings):
     )
     db_retry_seconds: float = Field(
         default=20.0, description="a step retries a database blip for this long (capped at half the lease)"
+    )
+    db_ping_after_idle_seconds: float = Field(
+        default=1.0, ge=0, description="a pooled connection idle this long is pinged before use (0: always)"
     )
 
     crash_points: str | None = Field(
@@ -71,6 +88,9 @@ class Settings(BaseSettings):
 
     token_ttl_seconds: int = Field(
         default=14 * 24 * 3600, gt=0, description="how long a REST bearer token lives (CLC: up to 2 weeks)"
+    )
+    api_token_cache_seconds: float = Field(
+        default=5.0, ge=0, description="REST: a checked token's caller is reused this long (0: a query per call)"
     )
 
     clc_base_url: str | None = Field(
@@ -90,6 +110,15 @@ class Settings(BaseSettings):
     clc_poll_interval_seconds: float = Field(default=2.0, gt=0, description="queue status polling (CLC: ~2 s)")
     clc_operation_timeout_seconds: float = Field(
         default=60.0, gt=0, description="how long set maintenance / power off may stay queued"
+    )
+
+    report_base_url: str | None = Field(
+        default=None,
+        description="the REST API's externally reachable base URL: the update package posts each cycle's report "
+        "to <this>/v2/patchaas/executions/{id}/reports; unset = no report channel, results are polled",
+    )
+    demo_transport: str = Field(
+        default="inprocess", description="`patchaas demo`: inprocess (fleet in process) | http (simulator + API)"
     )
 
     windows_fleet: str = Field(

@@ -26,9 +26,10 @@ Decisions:
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
@@ -420,33 +421,15 @@ class WindowService:
     # --- management -------------------------------------------------------------------------
 
     def create(self, alias: str, spec: WindowSpec, created_by: str) -> WindowInfo:
-        from orchestrator.service import Conflict, NotFound, ServiceError
+        from orchestrator.service import Conflict
 
         alias = naming.check_alias(alias)
-        try:
-            valid = validate(spec, self.default_package)
-        except ValueError as exc:
-            raise ServiceError(str(exc)) from None
+        valid = self._valid(spec)
         now = self.clock()
         with self.sessions.begin() as session:
-            for name in valid.servers:
-                server = session.get(models.Server, name)
-                if server is None or server.account_alias != alias:
-                    raise NotFound(f"server {name} not found")
-            for gid in valid.groups:
-                group = session.get(models.Group, gid)
-                if group is None or group.account_alias != alias:
-                    raise NotFound(f"group {gid} not found")
-            row = models.PatchWindow(
-                account_alias=alias, name=valid.name, servers=list(valid.servers), groups=list(valid.groups),
-                schedule_kind=kind_of(valid.schedule), schedule=str(valid.schedule), timezone=valid.tz.key,
-                duration_seconds=int(valid.duration.total_seconds()), cutoff_seconds=int(valid.cutoff.total_seconds()),
-                max_concurrency=str(valid.rate.max_concurrency) if valid.rate.max_concurrency else None,
-                max_errors=str(valid.rate.max_errors) if valid.rate.max_errors is not None else None,
-                waves=[list(w) for w in valid.rate.waves], package_id=valid.package_id,
-                parameters=valid.parameters, enabled=True, created_by=created_by[:200], created_at=now,
-                updated_at=now,
-            )
+            self._check_targets(session, alias, valid)
+            row = models.PatchWindow(account_alias=alias, enabled=True, created_by=created_by[:200], created_at=now)
+            _apply(row, valid, now)
             try:
                 with session.begin_nested():
                     session.add(row)
@@ -454,6 +437,64 @@ class WindowService:
             except IntegrityError:
                 raise Conflict(f"account {alias} already has a window named {valid.name!r}") from None
             return self._info(session, row, now)
+
+    def update(self, alias: str, window_id: int, changes: Mapping[str, Any]) -> WindowInfo:
+        """Change a window: any WindowSpec field (a new `cron` replaces a `monthly` rule and vice versa) and
+        `enabled` (False pauses it: no occurrence starts, a running one goes on until its cutoff). A change
+        applies from the next occurrence that starts after it: an occurrence already open is neither
+        restarted nor changed (its rollout keeps the rate control it started with), and a resumed window
+        does not start late an occurrence that opened while it was paused."""
+        from orchestrator.service import Conflict, ServiceError
+
+        unknown = set(changes) - set(UPDATABLE)
+        if unknown:
+            raise ServiceError(f"cannot change {', '.join(sorted(unknown))} of a window; "
+                               f"changeable: {', '.join(UPDATABLE)}")
+        now = self.clock()
+        with self.sessions.begin() as session:
+            row = self._window(session, alias, window_id, for_update=True)
+            definition = {k: v for k, v in changes.items() if k != "enabled"}
+            if definition:
+                if "cron" in definition and "monthly" not in definition:
+                    definition["monthly"] = None
+                elif "monthly" in definition and "cron" not in definition:
+                    definition["cron"] = None
+                valid = self._valid(dataclasses.replace(_spec_of(row), **definition))
+                self._check_targets(session, row.account_alias, valid)
+                taken = session.scalar(sa.select(models.PatchWindow.id).where(
+                    models.PatchWindow.account_alias == row.account_alias, models.PatchWindow.name == valid.name,
+                    models.PatchWindow.id != row.id))
+                if taken is not None:
+                    raise Conflict(f"account {row.account_alias} already has a window named {valid.name!r}")
+                _apply(row, valid, now)
+            if "enabled" in changes and row.enabled != bool(changes["enabled"]):
+                row.enabled, row.updated_at = bool(changes["enabled"]), now
+            try:
+                session.flush()
+            except IntegrityError:  # renamed concurrently to the same name: this transaction rolls back
+                raise Conflict(f"account {row.account_alias} already has a window named {row.name!r}") from None
+            return self._info(session, row, now, recent=10)
+
+    def _valid(self, spec: WindowSpec) -> ValidWindow:
+        from orchestrator.service import ServiceError
+
+        try:
+            return validate(spec, self.default_package)
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from None
+
+    @staticmethod
+    def _check_targets(session: Session, alias: str, valid: ValidWindow) -> None:
+        from orchestrator.service import NotFound
+
+        for name in valid.servers:
+            server = session.get(models.Server, name)
+            if server is None or server.account_alias != alias:
+                raise NotFound(f"server {name} not found")
+        for gid in valid.groups:
+            group = session.get(models.Group, gid)
+            if group is None or group.account_alias != alias:
+                raise NotFound(f"group {gid} not found")
 
     def list_windows(self, alias: str) -> list[WindowInfo]:
         alias = naming.check_alias(alias)
@@ -491,11 +532,11 @@ class WindowService:
             raise NotFound(f"window {ident} not found")
         return int(found)
 
-    def _window(self, session: Session, alias: str, window_id: int) -> models.PatchWindow:
+    def _window(self, session: Session, alias: str, window_id: int, for_update: bool = False) -> models.PatchWindow:
         from orchestrator.service import NotFound
 
         alias = naming.check_alias(alias)
-        row = session.get(models.PatchWindow, window_id)
+        row = session.get(models.PatchWindow, window_id, with_for_update=for_update)
         if row is None or row.account_alias != alias:
             raise NotFound(f"window {window_id} not found")
         return row
@@ -503,7 +544,9 @@ class WindowService:
     def _info(self, session: Session, row: models.PatchWindow, now: datetime, recent: int = 0) -> WindowInfo:
         schedule = schedule_of(row.schedule_kind, row.schedule)
         tz = zone(row.timezone)
-        upcoming = next_occurrences(schedule, tz, max(now, row.created_at - timedelta(seconds=1)))
+        # a paused window starts nothing; otherwise occurrences from the last change on (see start_due)
+        upcoming = next_occurrences(schedule, tz, max(now, row.updated_at - timedelta(seconds=1))) \
+            if row.enabled else []
         occurrences_: list[OccurrenceInfo] = []
         if recent:
             rows = session.execute(
@@ -533,7 +576,7 @@ class WindowService:
             windows = session.execute(
                 sa.select(models.PatchWindow.id, models.PatchWindow.schedule_kind, models.PatchWindow.schedule,
                           models.PatchWindow.timezone, models.PatchWindow.duration_seconds,
-                          models.PatchWindow.cutoff_seconds, models.PatchWindow.created_at)
+                          models.PatchWindow.cutoff_seconds, models.PatchWindow.updated_at)
                 .where(models.PatchWindow.enabled.is_(True)).order_by(models.PatchWindow.id)
             ).all()
         started: list[Started] = []
@@ -541,7 +584,7 @@ class WindowService:
             try:
                 start = open_occurrence(schedule_of(w.schedule_kind, w.schedule), zone(w.timezone),
                                         timedelta(seconds=w.duration_seconds), timedelta(seconds=w.cutoff_seconds),
-                                        now, not_before=w.created_at)
+                                        now, not_before=w.updated_at)
             except ValueError as exc:  # a definition that no longer parses (e.g. a time zone removed)
                 log.error("window %s cannot be scheduled: %s", w.id, exc)
                 continue
@@ -609,6 +652,36 @@ class WindowService:
             except ServiceError as exc:
                 notes.append(exc.message)
         return list(dict.fromkeys(names)), notes
+
+
+UPDATABLE = ("name", "servers", "groups", "cron", "monthly", "timezone", "duration", "cutoff", "max_concurrency",
+             "max_errors", "waves", "package_id", "parameters", "enabled")
+
+
+def _spec_of(row: models.PatchWindow) -> WindowSpec:
+    """A window's stored definition as the WindowSpec that would create it again."""
+    return WindowSpec(
+        name=row.name, servers=tuple(row.servers or ()), groups=tuple(row.groups or ()),
+        cron=row.schedule if row.schedule_kind == "cron" else None,
+        monthly=row.schedule if row.schedule_kind == "monthly" else None, timezone=row.timezone,
+        duration=timedelta(seconds=row.duration_seconds), cutoff=timedelta(seconds=row.cutoff_seconds),
+        max_concurrency=row.max_concurrency, max_errors=row.max_errors,
+        waves=tuple(tuple(w) for w in row.waves or ()), package_id=row.package_id,
+        parameters=dict(row.parameters or {}),
+    )
+
+
+def _apply(row: models.PatchWindow, valid: ValidWindow, now: datetime) -> None:
+    """Write a validated definition onto a window row; `updated_at` is the time the definition (or pause
+    state) last changed: occurrences starting before it are never started (see `start_due`)."""
+    row.name, row.servers, row.groups = valid.name, list(valid.servers), list(valid.groups)
+    row.schedule_kind, row.schedule, row.timezone = kind_of(valid.schedule), str(valid.schedule), valid.tz.key
+    row.duration_seconds = int(valid.duration.total_seconds())
+    row.cutoff_seconds = int(valid.cutoff.total_seconds())
+    row.max_concurrency = str(valid.rate.max_concurrency) if valid.rate.max_concurrency else None
+    row.max_errors = str(valid.rate.max_errors) if valid.rate.max_errors is not None else None
+    row.waves = [list(w) for w in valid.rate.waves]
+    row.package_id, row.parameters, row.updated_at = valid.package_id, valid.parameters, now
 
 
 def _insert_once(session: Session, window_id: int, start: datetime, ends_at: datetime, not_after: datetime,

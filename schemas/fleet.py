@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import IntEnum, StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 
 class PowerState(StrEnum):
@@ -45,6 +45,20 @@ def normalize_hresult(value: int | str | None) -> int:
     return number & 0xFFFFFFFF
 
 
+HRESULT_MIN, HRESULT_MAX = -(2**31), 2**32 - 1  # signed or unsigned 32-bit, as WUA and PowerShell write it
+WIRE = "wire"
+WIRE_CONTEXT = {WIRE: True}
+"""Validation context of a report that arrived over the wire (the report channel, with `strict=True`): the
+JSON Schema's rules exactly, so an HRESULT must be a JSON integer (in-process callers may pass hex strings)."""
+
+
+def _hresult_of(value: int | str | None, info: ValidationInfo) -> int:
+    wire = isinstance(info.context, dict) and bool(info.context.get(WIRE))
+    if wire and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError("an HRESULT must be an integer")
+    return normalize_hresult(value)
+
+
 class ServerStatus(BaseModel):
     """A server as the control plane and the server itself report it right now."""
 
@@ -69,6 +83,8 @@ class PackageRun(BaseModel):
     cycle: int = Field(ge=1)
     exclude_kbs: tuple[str, ...] = ()
     parameters: dict[str, object] = Field(default_factory=dict)
+    report_url: str | None = Field(default=None, description="where the package posts this cycle's report")
+    report_token: SecretStr | None = Field(default=None, description="the bearer token of the report channel")
 
 
 class UpdateResult(BaseModel):
@@ -81,13 +97,13 @@ class UpdateResult(BaseModel):
     url: str = ""
     classification: str = "Security Updates"
     result_code: ResultCode
-    hresult: int = 0
+    hresult: int = Field(default=0, ge=HRESULT_MIN, le=HRESULT_MAX)
     reboot_required: bool = False
 
     @field_validator("hresult", mode="before")
     @classmethod
-    def _hresult(cls, value: int | str | None) -> int:
-        return normalize_hresult(value)
+    def _hresult(cls, value: int | str | None, info: ValidationInfo) -> int:
+        return _hresult_of(value, info)
 
     @property
     def ident(self) -> str:
@@ -134,11 +150,11 @@ class CycleReport(BaseModel):
     finished_at: datetime | None = None
     updates: tuple[UpdateResult, ...] = ()
     result_code: ResultCode = ResultCode.SUCCEEDED
-    hresult: int = 0
+    hresult: int = Field(default=0, ge=HRESULT_MIN, le=HRESULT_MAX)
     reboot_required: bool = False
     excluded: tuple[str, ...] = Field(default=(), description="KBs found but skipped by request")
 
     @field_validator("hresult", mode="before")
     @classmethod
-    def _hresult(cls, value: int | str | None) -> int:
-        return normalize_hresult(value)
+    def _hresult(cls, value: int | str | None, info: ValidationInfo) -> int:
+        return _hresult_of(value, info)

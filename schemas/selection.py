@@ -5,17 +5,35 @@ are accepted where a list is expected, since CLC package parameters were strings
 
     {"includeKbs": "KB3045685,KB3135998", "excludeKbs": [], "classifications": ["Security Updates"],
      "rebootPolicy": "if_required", "scanOnly": false}
+
+Linux packages (Yum Update, Apt Update) also take `packageExclusions`: package-name globs ("kernel*",
+"pt-excluded") this run never installs, added to the ssh driver's configured defaults
+(PATCHAAS_SSH_YUM_EXCLUDES / PATCHAAS_SSH_APT_EXCLUDES). Each must be a safe glob (`SAFE_GLOB`): letters,
+digits and `*?[]+._~@-`, 1 to 100 characters, so it can reach the host's shell and dnf's --exclude as is.
+
+Windows packages also take two rules of an AWS Patch Manager patch baseline:
+
+- `approveAfterDays` (0 to 365): only updates released at least that many days before the package searches
+  (AWS's auto-approval delay). An update's release date is WUA's `IUpdate.LastDeploymentChangeTime`.
+- `severities`: only updates of these MSRC severities (`IUpdate.MsrcSeverity`; WUA's empty string, the
+  severity of every non-security update, is `Unspecified`).
+
+As AWS's "approved patches" are approved whatever the auto-approval rules say, a KB listed in `includeKbs` is
+not held back by `approveAfterDays` or `severities`; `excludeKbs` still wins over it, and `classifications`
+still narrow `includeKbs` as they always have.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 KB_RE = re.compile(r"^KB\d{6,8}$")
+SAFE_GLOB = re.compile(r"^[A-Za-z0-9*?\[\]+._~@-]{1,100}$")  # a package exclusion (the ssh driver uses it too)
 
 
 class Classification(StrEnum):
@@ -27,6 +45,30 @@ class Classification(StrEnum):
     UPDATES = "Updates"
     SERVICING_STACK = "Servicing Stack Updates"
     DEFINITION = "Definition Updates"
+
+
+class MsrcSeverity(StrEnum):
+    """MSRC severity ratings, as WUA's `IUpdate.MsrcSeverity` gives them ("" there is UNSPECIFIED)."""
+
+    CRITICAL = "Critical"
+    IMPORTANT = "Important"
+    MODERATE = "Moderate"
+    LOW = "Low"
+    UNSPECIFIED = "Unspecified"
+
+
+MAX_APPROVE_AFTER_DAYS = 365
+
+
+def severity_of(msrc_severity: str | None) -> MsrcSeverity:
+    """The severity of an update whose `IUpdate.MsrcSeverity` is `msrc_severity` (None or "": UNSPECIFIED)."""
+    text = (msrc_severity or "").strip()
+    for severity in MsrcSeverity:
+        if severity.value.lower() == text.lower():
+            return severity
+    if not text:
+        return MsrcSeverity.UNSPECIFIED
+    raise ValueError(f"not an MSRC severity: {msrc_severity!r}")
 
 
 class RebootPolicy(StrEnum):
@@ -53,6 +95,15 @@ class PatchSelection(BaseModel):
     classifications: tuple[Classification, ...] = Field(default=(), description="only these classifications")
     reboot_policy: RebootPolicy = Field(default=RebootPolicy.IF_REQUIRED, alias="rebootPolicy")
     scan_only: bool = Field(default=False, alias="scanOnly", description="report what would install; change nothing")
+    package_exclusions: tuple[str, ...] = Field(
+        default=(), alias="packageExclusions", max_length=50,
+        description="Linux packages only: package-name globs never installed by this run (plus the defaults)",
+    )
+    approve_after_days: int | None = Field(
+        default=None, alias="approveAfterDays",
+        description="only updates released at least this many days before the search (0 to 365)",
+    )
+    severities: tuple[MsrcSeverity, ...] = Field(default=(), description="only updates of these MSRC severities")
 
     @field_validator("include_kbs", "exclude_kbs", mode="before")
     @classmethod
@@ -66,18 +117,86 @@ class PatchSelection(BaseModel):
             return kbs
         return value
 
+    @field_validator("package_exclusions", mode="before")
+    @classmethod
+    def _package_exclusions(cls, value: object) -> object:
+        value = _split(value)
+        if isinstance(value, Iterable) and not isinstance(value, str):
+            globs = tuple(str(glob).strip() for glob in value)
+            bad = [glob for glob in globs if not SAFE_GLOB.match(glob)]
+            if bad:
+                raise ValueError(
+                    f"not safe package globs (letters, digits and *?[]+._~@- only, 1 to 100 characters): "
+                    f"{', '.join(repr(glob) for glob in bad)}"
+                )
+            return globs
+        return value
+
     @field_validator("classifications", mode="before")
     @classmethod
     def _classifications(cls, value: object) -> object:
         return _split(value)
 
-    def admits(self, kb: str, classification: str) -> bool:
-        """Whether an update found by the search may be installed by this run."""
+    @field_validator("approve_after_days", mode="before")
+    @classmethod
+    def _approve_after_days(cls, value: object) -> object:
+        text = value.strip() if isinstance(value, str) else value
+        if text is None or text == "":  # "" as CLC's string parameters leave an unset one
+            return None
+        if isinstance(text, str) and text.isdigit():
+            text = int(text)
+        if isinstance(text, bool) or not isinstance(text, int) or not 0 <= text <= MAX_APPROVE_AFTER_DAYS:
+            raise ValueError(f"must be a whole number of days from 0 to {MAX_APPROVE_AFTER_DAYS}, not {value!r}")
+        return text
+
+    @field_validator("severities", mode="before")
+    @classmethod
+    def _severities(cls, value: object) -> object:
+        value = _split(value)
+        if isinstance(value, Iterable) and not isinstance(value, str):
+            names = [str(name).strip() for name in value]
+            known = {severity.value.lower(): severity for severity in MsrcSeverity}
+            bad = [name for name in names if name.lower() not in known]
+            if bad:
+                raise ValueError(
+                    f"not MSRC severities ({', '.join(s.value for s in MsrcSeverity)}): "
+                    f"{', '.join(repr(name) for name in bad)}"
+                )
+            return tuple(dict.fromkeys(known[name.lower()] for name in names))
+        return value
+
+    def admits(
+        self,
+        kb: str,
+        classification: str,
+        released: datetime | None = None,
+        severity: str | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Whether an update found by the search may be installed by this run.
+
+        `released` is the update's release date (WUA `LastDeploymentChangeTime`), `severity` its MSRC
+        severity (`MsrcSeverity`; None or "" is Unspecified), `now` the moment of the search: needed only
+        when the selection sets `approveAfterDays` (an update without a release date then never qualifies).
+        A KB listed in `includeKbs` is approved whatever `approveAfterDays` and `severities` say (AWS's
+        approved patches); `excludeKbs` wins over everything; `classifications` apply to every update.
+        """
         if kb in self.exclude_kbs:
             return False
         if self.include_kbs and kb not in self.include_kbs:
             return False
-        return not self.classifications or classification in {c.value for c in self.classifications}
+        if self.classifications and classification not in {c.value for c in self.classifications}:
+            return False
+        if kb in self.include_kbs:
+            return True
+        if self.severities and severity_of(severity) not in self.severities:
+            return False
+        if self.approve_after_days is not None:
+            if now is None:
+                raise ValueError("approveAfterDays needs the moment of the search (now)")
+            if released is None or now - released < timedelta(days=self.approve_after_days):
+                return False
+        return True
 
     def as_parameters(self) -> dict[str, object]:
         """The selection as package parameters (what the package on the server reads)."""
@@ -95,7 +214,8 @@ def parse(parameters: dict[str, object] | None) -> PatchSelection:
         raise ValueError(f"invalid package parameters: {problems}") from None
 
 
-FIELDS = frozenset({"includeKbs", "excludeKbs", "classifications", "rebootPolicy", "scanOnly"})
+FIELDS = frozenset({"includeKbs", "excludeKbs", "classifications", "rebootPolicy", "scanOnly", "packageExclusions",
+                    "approveAfterDays", "severities"})
 
 
 def selection_of(parameters: dict[str, object] | None) -> PatchSelection:

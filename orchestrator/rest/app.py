@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 
 from orchestrator import auth
 from orchestrator.bootstrap import Container
-from orchestrator.rest import errors, routes
+from orchestrator.rest import compliance, errors, health, reports, routes, ssh_hosts
 from orchestrator.settings import Settings
 
 TITLE = "patchaas"
@@ -53,6 +53,10 @@ def create_app(container: Container, *, auth_service: auth.AuthService | None = 
     errors.install(app)
     app.include_router(routes.v2)
     app.include_router(routes.patching)
+    app.include_router(health.router)  # /healthz, /readyz (no token)
+    app.include_router(compliance.router)
+    app.include_router(reports.router)  # the update package's report channel (orchestrator/reports.py)
+    app.include_router(ssh_hosts.router)  # operators register Linux servers' SSH details
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document without its 422 answers: bad input is a 400 with a message here."""

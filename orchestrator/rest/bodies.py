@@ -141,6 +141,44 @@ class WindowRequest(CamelModel):
         )
 
 
+class WindowChange(CamelModel):
+    """`PATCH /v2/patchaas/{alias}/windows/{windowId}`: only the fields given change; `enabled: false` pauses
+    the window, `true` resumes it. A new `cron` replaces a `monthly` rule and vice versa."""
+
+    name: str | None = Field(default=None, pattern=WINDOW_NAME_PATTERN, max_length=100)
+    servers: list[Annotated[PlainText, StringConstraints(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=MAX_SERVERS)
+    groups: list[GroupId] | None = Field(default=None, max_length=MAX_GROUPS)
+    cron: PlainText | None = Field(default=None, max_length=200, examples=["0 23 * * 5"])
+    monthly: PlainText | None = Field(default=None, max_length=200)
+    timezone: str | None = Field(default=None, pattern=TIMEZONE_PATTERN, max_length=64)
+    duration: str | None = Field(default=None, pattern=DURATION_PATTERN, max_length=16)
+    cutoff: str | None = Field(default=None, pattern=DURATION_PATTERN, max_length=16)
+    max_concurrency: Limit | None = None
+    max_errors: Limit | None = None
+    waves: Waves | None = Field(default=None, max_length=rollouts.MAX_WAVES)
+    package: PackageRequest | None = None
+    enabled: bool | None = Field(default=None, examples=[False])
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the caller sent (null clears the optional ones), as WindowService.update takes them."""
+        sent = self.model_dump(exclude_unset=True, by_alias=False)
+        for required in ("name", "servers", "groups", "timezone", "duration", "cutoff", "enabled"):
+            if required in sent and sent[required] is None:
+                raise ValueError(f"{to_camel(required)} cannot be null")
+        if "package" in sent:
+            package = sent.pop("package")
+            if package is None:
+                raise ValueError("package cannot be null")
+            assert self.package is not None
+            sent["package_id"], sent["parameters"] = self.package.package_id, dict(self.package.parameters)
+        if "waves" in sent:
+            sent["waves"] = [list(w) for w in sent["waves"] or ()]
+        if not sent:
+            raise ValueError("nothing to change: send at least one field")
+        return sent
+
+
 class CancelRequest(BaseModel):
     """`POST …/patch/{execution_id}/cancel`: why (optional); who is the token's user."""
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import TypeAdapter
 
 from orchestrator import auth
 from orchestrator import windows as windows_mod
@@ -18,7 +20,7 @@ from orchestrator.rest.bodies import (
     STATUS_PATTERN,
     ErrorMessage,
 )
-from orchestrator.service import NotFound, PatchService
+from orchestrator.service import NotFound, PatchService, ServiceError
 from schemas.patching import ExecutionDetail, ExecutionSummary
 
 DEFAULT_PAGE = 50
@@ -52,19 +54,46 @@ def _auth(request: Request) -> auth.AuthService:
     return request.app.state.auth  # type: ignore[no-any-return]
 
 
-def _service(request: Request) -> PatchService:
+def _tokens(request: Request) -> auth.TokenCache:
+    """The app's token cache (made on first use, over the app's AuthService)."""
+    state = request.app.state
+    cache: auth.TokenCache | None = getattr(state, "token_cache", None)
+    if cache is None or cache.auth is not state.auth:
+        settings = getattr(getattr(state, "container", None), "settings", None)
+        ttl = float(getattr(settings, "api_token_cache_seconds", 5.0))
+        cache = state.token_cache = auth.TokenCache(state.auth, ttl)
+    return cache
+
+
+# The dependencies are `async def`: FastAPI runs a sync dependency in the thread pool, one hop each, and
+# these do no I/O (`_caller` only on a cache miss, and then in the thread pool).
+async def _service(request: Request) -> PatchService:
     return request.app.state.container.service  # type: ignore[no-any-return]
 
 
-def _caller(
+async def _caller(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> auth.Principal:
-    return _auth(request).authenticate(credentials.credentials if credentials else None)
+    token = credentials.credentials if credentials else None
+    tokens = _tokens(request)
+    cached = tokens.cached(token)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(tokens.authenticate, token)
 
 
-def _operator(caller: Annotated[auth.Principal, Depends(_caller)]) -> auth.Principal:
+async def _operator(caller: Annotated[auth.Principal, Depends(_caller)]) -> auth.Principal:
     auth.require_operator(caller)
     return caller
+
+
+SUMMARIES = TypeAdapter(list[ExecutionSummary])
+
+
+def _json(adapter: TypeAdapter[Any], value: Any, headers: dict[str, str] | None = None) -> Response:
+    """The answer serialized once, as FastAPI would with `response_model` (by alias), without its
+    validate-and-dump of a value that is already a validated model."""
+    return Response(adapter.dump_json(value, by_alias=True), media_type="application/json", headers=headers)
 
 
 Caller = Annotated[auth.Principal, Depends(_caller)]
@@ -174,7 +203,6 @@ def get_group(alias: Alias, group_id: GroupId, caller: Caller, service: Service)
 )
 def summary(
     request: Request,
-    response: Response,
     alias: Alias,
     server: ServerName,
     caller: Caller,
@@ -185,25 +213,29 @@ def summary(
         Query(pattern=EXECUTION_PATTERN, description="the last execution id of the previous page",
               examples=["VA1-132457"]),
     ] = None,
-) -> list[ExecutionSummary]:
+) -> Response:
     """A server's patch history, newest first; when more remain, `Link: rel="next"` and `X-Next-Cursor`
     give the next page (pass `cursor`)."""
     scope = _own(caller, alias, f"server {server} not found")
     items = service.history(scope, server, limit=limit + 1, before=cursor)
     page = items[:limit]
+    headers: dict[str, str] = {}
     if len(items) > limit:
         after = page[-1].execution_id
-        response.headers["Link"] = f'<{request.url.path}?limit={limit}&cursor={after}>; rel="next"'
-        response.headers["X-Next-Cursor"] = after
-    return page
+        headers["Link"] = f'<{request.url.path}?limit={limit}&cursor={after}>; rel="next"'
+        headers["X-Next-Cursor"] = after
+    return _json(SUMMARIES, page, headers)
+
+
+DETAIL = TypeAdapter(ExecutionDetail)
 
 
 @patching.get("/{execution_id}", response_model=ExecutionDetail, responses=READ)
 def detail(alias: Alias, server: ServerName, execution_id: ExecutionId, caller: Caller,
-           service: Service) -> ExecutionDetail:
+           service: Service) -> Response:
     """One execution with every patch it attempted."""
     scope = _own(caller, alias, f"server {server} not found")
-    return service.detail(scope, server, execution_id)
+    return _json(DETAIL, service.detail(scope, server, execution_id))
 
 
 @patching.post("/{execution_id}/cancel", response_model=ExecutionDetail, status_code=202,
@@ -248,6 +280,21 @@ def get_window(alias: Alias, window_id: WindowId, caller: Caller, service: Servi
     """One window with its next occurrences and its recent ones (their rollouts and notes)."""
     scope = _own(caller, alias, f"window {window_id} not found")
     return bodies.window_answer(_windows(service).get(scope, window_id))
+
+
+@v2.patch("/patchaas/{alias}/windows/{windowId}", response_model=bodies.WindowAnswer, tags=["windows"],
+          responses={**WRITE, 409: _error("the account already has a window of that name")})
+def update_window(alias: Alias, window_id: WindowId, body: bodies.WindowChange, caller: Operator,
+                  service: Service) -> bodies.WindowAnswer:
+    """Change a window: only the fields sent change; `{"enabled": false}` pauses it (no occurrence starts; a
+    running one goes on until its cutoff), `{"enabled": true}` resumes it. A change applies from the next
+    occurrence that starts after it: an open occurrence is neither restarted nor changed."""
+    scope = _own(caller, alias, f"window {window_id} not found")
+    try:
+        changes = body.changes()
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from None
+    return bodies.window_answer(_windows(service).update(scope, window_id, changes))
 
 
 @v2.delete("/patchaas/{alias}/windows/{windowId}", response_model=bodies.WindowAnswer, tags=["windows"],

@@ -527,12 +527,16 @@ class LinuxTestHosts:
         return done.stdout
 
     @classmethod
-    def start(cls, directory: Path) -> LinuxTestHosts:
-        """The cached root (debootstrap on first use), the test packages' repository, served on loopback."""
+    def start(cls, directory: Path, dnf: bool = False) -> LinuxTestHosts:
+        """The cached root (debootstrap on first use), the test packages' repository, served on loopback;
+        with `dnf`, also the dnf root and the RPMs (a dnf repository under rpm/ of the same server)."""
         hosts = cls(directory)
         directory.mkdir(parents=True, exist_ok=True)
         hosts.script("base", timeout=1800)
         hosts.script("repo", str(directory))
+        if dnf:
+            hosts.script("base", "dnf", timeout=1800)
+            hosts.script("rpm-repo", str(directory))
         port = free_port()
         hosts.script("serve", str(directory), "127.0.0.1", str(port))
         hosts.repo_url = f"http://127.0.0.1:{port}/"
@@ -547,9 +551,10 @@ class LinuxTestHosts:
     def known_hosts(self) -> Path:
         return self.dir / "known_hosts"
 
-    def up(self, name: str, address: str, packages: list[str]) -> tuple[str, int]:
+    def up(self, name: str, address: str, packages: list[str], dnf: bool = False) -> tuple[str, int]:
         port = free_port()
-        self.script("up", str(self.dir), name, address, str(port), self.repo_url, *packages)
+        flavour = ["--dnf"] if dnf else []
+        self.script("up", *flavour, str(self.dir), name, address, str(port), self.repo_url, *packages)
         self.hosts[name] = (address, port)
         return address, port
 
@@ -562,6 +567,11 @@ class LinuxTestHosts:
         out = self.exec(name, "dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Package}|${Version}\n")
         rows = (line.split("|") for line in out.splitlines() if line.count("|") == 2)
         return {package: (status.strip(), version) for status, package, version in rows}
+
+    def rpm_installed(self, name: str) -> dict[str, str]:
+        """rpm's view on a dnf host: package → version-release."""
+        out = self.exec(name, "rpm", "-qa", "--qf", "%{NAME}|%{VERSION}-%{RELEASE}\n")
+        return dict(line.split("|", 1) for line in out.splitlines() if line.count("|") == 1)
 
     def boots(self, name: str) -> int:
         """How many times host `name` has booted (the first start included)."""

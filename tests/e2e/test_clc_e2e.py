@@ -1,20 +1,29 @@
 """Over HTTP, faults on: a real `patchaas simulator` process (10% 5xx answers, 200 ms latency, a few dropped
 connections, tokens expiring every few seconds), two real workers and beat on the `clc` driver. Fifty
 servers all complete, and each execution's records match what the simulator's fleet, shared through
-PostgreSQL, says was done to the server: every install, reboot and maintenance change exactly once."""
+PostgreSQL, says was done to the server: every install, reboot and maintenance change exactly once.
+
+The report channel is on (a `patchaas api` process), with faults of its own: 10% of the servers' reports are
+never posted (the engine polls those results) and 10% are posted twice (recorded once). Every recorded
+report is exactly the package run the simulator's fleet keeps."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import sqlalchemy as sa
+
+from orchestrator import models
 from orchestrator.api import Patchaas
 from orchestrator.mailsink import MailSink
 from orchestrator.settings import Settings
+from schemas.fleet import CycleReport
 from tests.e2e.harness import (
     Cluster,
     active_executions,
     install_fleet,
     simulator_faults,
+    start_api,
     start_clc_simulator,
     use_clc_fleet,
     wait_until,
@@ -42,9 +51,10 @@ def test_fifty_servers_complete_over_http_despite_faults(
     specs = simulated.build_fleet_specs(50, 50, scenarios=COMPLETING)
     fleet = install_fleet(pg, specs)
     url = start_clc_simulator(
-        cluster, "--fault-5xx-rate=0.1", "--latency-ms=200", "--drop-rate=0.01", "--token-ttl=15", "--seed=50"
+        cluster, "--fault-5xx-rate=0.1", "--latency-ms=200", "--drop-rate=0.01", "--token-ttl=5", "--seed=50",
+        "--report-drop-rate=0.1", "--report-duplicate-rate=0.1",
     )
-    use_clc_fleet(cluster, url, **DRIVER)
+    use_clc_fleet(cluster, url, PATCHAAS_REPORT_BASE_URL=start_api(cluster), **DRIVER)
     cluster.start_worker("w1", concurrency=4)
     cluster.start_worker("w2", concurrency=4)
     cluster.start_beat()
@@ -86,6 +96,18 @@ def test_fifty_servers_complete_over_http_despite_faults(
                 assert kinds[EffectKind.POWER_ON] == 1 and kinds[EffectKind.POWER_OFF] == 1
         faults = simulator_faults(url)
         assert sum(faults["errors"].values()) > 0 and sum(faults["drops"].values()) > 0, faults
+        engine = sa.create_engine(pg)
+        with engine.connect() as conn:
+            records = conn.execute(sa.select(models.CycleReportRecord, models.Execution.server_name).join(
+                models.Execution, models.Execution.id == models.CycleReportRecord.execution_id)).all()
+            cycles = conn.execute(sa.select(sa.func.count()).select_from(models.Initiation)).scalar_one()
+        engine.dispose()
+        for record in records:  # the server's own report, recorded once per cycle
+            assert CycleReport.model_validate(record.body) == fleet.cycle_result(record.server_name, record.cycle_key)
+        assert len({(r.execution_id, r.cycle_key) for r in records}) == len(records)
+        reports = faults["reports"]
+        assert reports["posted"] == len(records) and reports["dropped"] > 0 and reports["duplicated"] > 0, reports
+        assert len(records) < cycles  # the dropped reports' cycles were read by polling the fleet
         assert faults["expiredTokens"] > 0, faults  # the workers logged in again
         wait_until(
             lambda: len(mail_sink.messages) >= 100, timeout=30, on_timeout=lambda: f"{len(mail_sink.messages)} emails"

@@ -26,3 +26,24 @@ def test_demo_patches_the_fleet_to_the_end(tmp_path: Path) -> None:
     engine.dispose()
     assert leftover == 0
     assert states.get("completed", 0) >= 6 and states.get("failed", 0) == 3, states
+
+
+def test_demo_over_http_patches_through_the_clc_driver_and_the_report_channel(tmp_path: Path) -> None:
+    """PATCHAAS_DEMO_TRANSPORT=http: the simulator and the REST API on loopback ports in this process; every
+    cycle's result is a report the simulated server posted to the API."""
+    out = io.StringIO()
+    code = demo.run(tmp_path, timeout=90, console=Console(file=out, width=200), transport="http")
+    text = out.getvalue()
+    assert code == 0, text[-4000:]
+    assert "Over HTTP: the CLC simulator on http://127.0.0.1:" in text
+    assert "Emails received by the SMTP server: 20" in text
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'demo.db'}")
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.select(models.Execution.state, sa.func.count()).group_by(
+            models.Execution.state)).all())
+        cycles = set(conn.execute(sa.select(models.Initiation.execution_id, models.Initiation.cycle)).all())
+        reported = conn.execute(sa.select(models.CycleReportRecord.execution_id, models.CycleReportRecord.cycle)).all()
+    engine.dispose()
+    assert states.get("completed", 0) >= 6 and states.get("failed", 0) == 3, states
+    assert cycles and len(reported) == len(set(reported)) and cycles <= set(reported)
+    assert f"the servers posted {len(reported)} cycle reports over HTTP" in text

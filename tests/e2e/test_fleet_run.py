@@ -1,18 +1,40 @@
 """Real worker processes patch 20 simulated servers through Redis and PostgreSQL: multi-cycle, failing KB,
 loop, powered-off and never-returns; each ends where it should with its records and exactly one start
-and one end email."""
+and one end email.
+
+Two transports, both run by default (`PATCHAAS_E2E_FLEET=simulated` or `=clc` runs one): `simulated`, the
+workers calling the fleet in process; `clc`, over HTTP — a `patchaas simulator` process, the `clc` driver,
+and a `patchaas api` process whose report channel the simulated servers post each cycle's report to. There
+the simulator hides every package run's outcome (`--hide-package-results`), so the run can only learn its
+results from the reports: the records must be the reports, and a report posted twice is recorded once."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
+import pytest
+import sqlalchemy as sa
+
+from orchestrator import models
 from orchestrator.api import Patchaas
 from orchestrator.mailsink import MailSink
 from orchestrator.settings import Settings
-from schemas.fleet import PowerState
-from tests.e2e.harness import Cluster, active_executions, install_fleet, wait_until
+from schemas.fleet import CycleReport, PowerState
+from tests.e2e.harness import (
+    Cluster,
+    active_executions,
+    install_fleet,
+    simulator_faults,
+    start_api,
+    start_clc_simulator,
+    use_clc_fleet,
+    wait_until,
+)
 from workers.fleet import simulated
 from workers.fleet.simulated import Scenario
+
+TRANSPORTS = [t for t in ("simulated", "clc") if os.environ.get("PATCHAAS_E2E_FLEET", t) == t]
 
 EXPECTED = {
     Scenario.NORMAL: "completed",
@@ -26,10 +48,55 @@ EXPECTED = {
 }
 
 
-def test_real_workers_patch_twenty_servers(pg: str, redis_url: str, mail_sink: MailSink, cluster: Cluster) -> None:
+def _over_http(cluster: Cluster) -> str:
+    """The fleet behind `patchaas simulator`, the workers on the clc driver, the report channel offered at a
+    `patchaas api` process; the simulator's URL."""
+    url = start_clc_simulator(cluster, "--hide-package-results", "--report-duplicate-rate=0.3", "--seed=20")
+    api = start_api(cluster)
+    use_clc_fleet(cluster, url, PATCHAAS_REPORT_BASE_URL=api, PATCHAAS_LEASE_SECONDS="30",
+                  PATCHAAS_CLC_POLL_INTERVAL_SECONDS="0.2", PATCHAAS_CLC_RATE_PER_SECOND="200",
+                  PATCHAAS_CLC_RATE_BURST="50")
+    return url
+
+
+def _check_reports_are_the_records(pg: str, ids: dict[str, str]) -> int:
+    """Every cycle of every execution has exactly one recorded report, and its initiation and patch rows are
+    that report's; the number of reports."""
+    engine = sa.create_engine(pg)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(models.CycleReportRecord).where(
+                models.CycleReportRecord.execution_id.in_(list(ids.values())))).all()
+            inits = conn.execute(sa.select(models.Initiation).where(
+                models.Initiation.execution_id.in_(list(ids.values())))).all()
+            patches = conn.execute(sa.select(models.Patch).where(
+                models.Patch.execution_id.in_(list(ids.values())))).all()
+    finally:
+        engine.dispose()
+    reports = {(r.execution_id, r.cycle): CycleReport.model_validate(r.body) for r in rows}
+    assert len(reports) == len(rows)  # one record per (execution, cycle)
+    assert set(reports) == {(i.execution_id, i.cycle) for i in inits}
+    for init in inits:
+        report = reports[(init.execution_id, init.cycle)]
+        assert report.key == f"{init.execution_id}:package:{init.cycle}"
+        assert (init.started_at, init.ended_at) == (report.started_at, report.finished_at)
+        assert (init.updates_found, init.result_code, init.hresult, init.reboot_required) == (
+            len(report.updates), int(report.result_code), report.hresult, report.reboot_required)
+        recorded = sorted((p.kb, p.title, p.result_code, p.hresult, p.reboot_required)
+                          for p in patches if (p.execution_id, p.cycle) == (init.execution_id, init.cycle))
+        assert recorded == sorted((u.kb, u.title, int(u.result_code), u.hresult, u.reboot_required)
+                                  for u in report.updates)
+    return len(rows)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_real_workers_patch_twenty_servers(
+    pg: str, redis_url: str, mail_sink: MailSink, cluster: Cluster, transport: str
+) -> None:
     scenarios = {s: 2 for s in EXPECTED} | {Scenario.NORMAL: 6}
     specs = simulated.build_fleet_specs(20, 20, scenarios=scenarios)
     fleet = install_fleet(pg, specs)
+    simulator = _over_http(cluster) if transport == "clc" else None
     cluster.start_worker("w1")
     cluster.start_worker("w2")
     cluster.start_beat()
@@ -61,6 +128,11 @@ def test_real_workers_patch_twenty_servers(pg: str, redis_url: str, mail_sink: M
             completed_kbs = {p.kb for p in detail.patches if p.status == "completed"}
             if detail.status == "completed":
                 assert completed_kbs <= fleet.installed_kbs(spec.name)
+        if simulator is not None:
+            recorded = _check_reports_are_the_records(pg, ids)
+            reports = simulator_faults(simulator)["reports"]
+            assert reports["posted"] == recorded and reports["refused"] == reports["failed"] == 0, reports
+            assert reports["duplicated"] > 0 and reports["replayed"] == reports["duplicated"], reports
         wait_until(lambda: len(mail_sink.messages) >= 40, timeout=30,
                    on_timeout=lambda: f"{len(mail_sink.messages)} emails")
         sent = Counter((m["X-Patchaas-Execution"], m["X-Patchaas-Kind"]) for m in mail_sink.messages)

@@ -42,8 +42,17 @@ OPERATIONS = [
     ("POST", "/v2/patchaas/{alias}/windows"),
     ("GET", "/v2/patchaas/{alias}/windows"),
     ("GET", "/v2/patchaas/{alias}/windows/{windowId}"),
+    ("PATCH", "/v2/patchaas/{alias}/windows/{windowId}"),
     ("DELETE", "/v2/patchaas/{alias}/windows/{windowId}"),
     ("GET", "/v2/patchaas/{alias}/rollouts/{rolloutId}"),
+    ("POST", "/v2/patchaas/executions/{execution_id}/reports"),
+    ("PUT", "/v2/patchaas/{alias}/ssh-hosts/{serverId}"),
+    ("GET", "/v2/patchaas/{alias}/ssh-hosts"),
+    ("GET", "/v2/patchaas/{alias}/ssh-hosts/{serverId}"),
+    ("DELETE", "/v2/patchaas/{alias}/ssh-hosts/{serverId}"),
+    ("GET", "/v2/patchaas/{alias}/compliance"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
 ]
 CHECKS = [
     st_checks.not_a_server_error,
@@ -122,7 +131,9 @@ def test_the_run_covers_every_operation(api_schema: schemathesis.BaseSchema) -> 
     assert documented == set(OPERATIONS)
 
 
-RUNS = [(m, p, mode) for m, p in OPERATIONS for mode in ("positive", "negative", "real") if "{" in p or mode != "real"]
+# "real" needs a path naming things; "negative" needs something to break (a path parameter or a body)
+RUNS = [(m, p, mode) for m, p in OPERATIONS for mode in ("positive", "negative", "real")
+        if mode == "positive" or "{" in p or (mode == "negative" and m != "GET")]
 
 
 @pytest.mark.parametrize("method,path,mode", RUNS, ids=[f"{m} {p} {mode}" for m, p, mode in RUNS])

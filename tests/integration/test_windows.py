@@ -348,3 +348,112 @@ def test_cli_window_create_list_delete(world: World, pg: str) -> None:
     bad = runner.invoke(cli_app, ["execute", "--alias", "OSD", "--group", "va1-0001", "--max-concurrency", "ten"],
                         env=env)
     assert bad.exit_code == 2 and "maxConcurrency must be a count" in bad.output
+
+
+# --- editing, pausing, resuming -------------------------------------------------------------------------
+
+
+def test_a_paused_window_starts_nothing_and_resumes_from_its_next_occurrence(world: World) -> None:
+    created = world.windows.create("OSD", WindowSpec(name="nightly", groups=["va1-0001"], **NIGHTLY), "jane")
+    paused = world.windows.update("OSD", created.id, {"enabled": False})
+    assert not paused.enabled and paused.next_occurrences == ()
+    world.clock.now = datetime(2026, 11, 10, 22, 0, 5, tzinfo=UTC)
+    assert world.windows.start_due() == [] and world.occurrences() == []
+    # resumed while the 22:00 occurrence is open: it is not started late, the next night's is
+    world.clock.now = datetime(2026, 11, 10, 22, 20, tzinfo=UTC)
+    resumed = world.windows.update("OSD", created.id, {"enabled": True})
+    assert resumed.enabled and resumed.next_occurrences[0] == datetime(2026, 11, 11, 22, 0, tzinfo=UTC)
+    assert world.windows.start_due() == [] and executions(world) == []
+    world.clock.now = datetime(2026, 11, 11, 22, 0, 5, tzinfo=UTC)
+    [started] = world.windows.start_due()
+    assert started.queued == 4
+    # pausing during a running occurrence leaves its rollout alone: the run completes
+    world.windows.update("OSD", created.id, {"enabled": False})
+    world.drive()
+    assert {r.state for r in executions(world)} == {"completed"} and len(world.occurrences()) == 1
+
+
+def test_an_edit_applies_from_the_next_occurrence_and_never_restarts_an_open_one(world: World) -> None:
+    created = world.windows.create("OSD", WindowSpec(name="nightly", groups=["va1-0001"], max_concurrency=1,
+                                                     **NIGHTLY), "jane")
+    world.clock.now = datetime(2026, 11, 10, 22, 0, 5, tzinfo=UTC)
+    [first] = world.windows.start_due()
+    # moved to 22:30 the same night while the 22:00 occurrence runs: 22:30 (after the change) is a new
+    # occurrence of the new schedule; the open one keeps its rollout and its rate control
+    world.clock.now = datetime(2026, 11, 10, 22, 10, tzinfo=UTC)
+    edited = world.windows.update("OSD", created.id, {"cron": "30 22 * * *", "max_concurrency": "50%",
+                                                      "cutoff": "15m"})
+    assert edited.schedule_kind == "cron" and edited.schedule == "30 22 * * *" and edited.cutoff == "15m"
+    assert edited.max_concurrency == "50%" and edited.next_occurrences[0] == datetime(2026, 11, 10, 22, 30,
+                                                                                         tzinfo=UTC)
+    assert world.windows.start_due() == []  # 22:10: the old occurrence is not started again
+    with world.container.sessions() as session:
+        rollout = session.get(models.Rollout, first.rollout_id)
+        assert rollout is not None and rollout.max_concurrency == "1"
+    # a monthly rule replaces the cron expression; the name can change; everything is validated
+    monthly = world.windows.update("OSD", created.id, {"monthly": "second Tuesday at 22:00",
+                                                        "name": "patch-tuesday"})
+    assert monthly.schedule_kind == "monthly" and monthly.name == "patch-tuesday"
+    assert world.windows.find("OSD", "patch-tuesday") == created.id
+    with pytest.raises(ServiceError, match="must be shorter than the duration"):
+        world.windows.update("OSD", created.id, {"cutoff": "2h"})
+    with pytest.raises(ServiceError, match="cannot change created_by"):
+        world.windows.update("OSD", created.id, {"created_by": "mallory"})
+    with pytest.raises(ServiceError, match="group va1-0042 not found"):
+        world.windows.update("OSD", created.id, {"groups": ["va1-0042"]})
+    world.windows.create("OSD", WindowSpec(name="other", groups=["va1-0001"], **NIGHTLY), "jane")
+    with pytest.raises(Conflict, match="already has a window named 'other'"):
+        world.windows.update("OSD", created.id, {"name": "other"})
+    unchanged = world.windows.get("OSD", created.id)  # a refused change leaves the window as it was
+    assert unchanged.name == "patch-tuesday" and unchanged.cutoff == "15m"
+
+
+def test_rest_window_patch_pauses_edits_and_refuses_clearly(world: World, client: TestClient) -> None:
+    jane = login(client, "jane")
+    window_id = client.post("/v2/patchaas/osd/windows", json=WINDOW, headers=jane).json()["id"]
+    url = f"/v2/patchaas/osd/windows/{window_id}"
+    paused = client.patch(url, json={"enabled": False}, headers=jane)
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["enabled"] is False and paused.json()["nextOccurrences"] == []
+    edited = client.patch(url, json={"enabled": True, "cron": "0 23 * * 5", "maxErrors": None}, headers=jane)
+    assert edited.status_code == 200, edited.text
+    body = edited.json()
+    assert body["enabled"] is True and body["scheduleKind"] == "cron" and body["maxErrors"] is None
+    assert body["maxConcurrency"] == "50%"  # untouched
+    for change, status, message in (
+        ({}, 400, "nothing to change"),
+        ({"name": None}, 400, "name cannot be null"),
+        ({"cutoff": "5h"}, 400, "must be shorter than the duration"),
+        ({"cron": None}, 400, "exactly one schedule"),
+        ({"timezone": "Mars/Olympus"}, 400, "unknown time zone"),
+    ):
+        answer = client.patch(url, json=change, headers=jane)
+        assert answer.status_code == status and message in answer.json()["message"], (change, answer.text)
+    assert client.patch(url, json={"enabled": False}, headers=login(client, "viewer")).status_code == 403
+    assert client.patch(url, json={"enabled": False}, headers=login(client, "xavier")).status_code == 404
+    client.post("/v2/patchaas/osd/windows", json=WINDOW | {"name": "second"}, headers=jane)
+    taken = client.patch(url, json={"name": "second"}, headers=jane)
+    assert taken.status_code == 409 and "already has a window named 'second'" in taken.json()["message"]
+    assert client.get(url, headers=jane).json()["name"] == "patch-friday"
+
+
+def test_cli_window_edit_pause_resume(world: World, pg: str) -> None:
+    runner = CliRunner()
+    env = {"PATCHAAS_DATABASE_URL": pg, "PATCHAAS_BROKER_URL": "memory://"}
+    world.windows.create("OSD", WindowSpec(name="nightly", groups=["va1-0001"], max_errors=2, **NIGHTLY), "jane")
+    paused = runner.invoke(cli_app, ["window", "pause", "--alias", "OSD", "nightly"], env=env)
+    assert paused.exit_code == 0 and "paused" in paused.output, paused.output
+    shown = runner.invoke(cli_app, ["window", "show", "--alias", "OSD", "nightly"], env=env)
+    assert "(paused)" in shown.output and "next:" not in shown.output
+    resumed = runner.invoke(cli_app, ["window", "resume", "--alias", "OSD", "nightly"], env=env)
+    assert resumed.exit_code == 0 and "(paused)" not in resumed.output and "next:" in resumed.output
+    edited = runner.invoke(cli_app, ["window", "edit", "--alias", "OSD", "nightly", "--cron", "0 3 * * 6",
+                                     "--max-errors", "none", "--duration", "3h"], env=env)
+    assert edited.exit_code == 0, edited.output
+    assert '"0 3 * * 6"' in edited.output and "3h long" in edited.output and "max errors none" in edited.output
+    nothing = runner.invoke(cli_app, ["window", "edit", "--alias", "OSD", "nightly"], env=env)
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+    bad = runner.invoke(cli_app, ["window", "edit", "--alias", "OSD", "nightly", "--cutoff", "9h"], env=env)
+    assert bad.exit_code == 2 and "must be shorter than the duration" in bad.output
+    missing = runner.invoke(cli_app, ["window", "pause", "--alias", "OSD", "nope"], env=env)
+    assert missing.exit_code == 1 and "window nope not found" in missing.output

@@ -43,3 +43,14 @@ def test_the_stack_has_everything_a_deployment_runs() -> None:
     commands = {svc["command"][0] for svc in OURS.values() if svc.get("command")}
     assert {"db", "worker", "beat", "api", "flower", "simulator"} <= commands
     assert COMPOSE["services"]["beat"].get("deploy", {}).get("replicas", 1) == 1  # exactly one beat
+
+
+def test_the_api_health_check_asks_a_route_the_api_serves() -> None:
+    import re
+
+    from orchestrator.rest import health
+
+    check = " ".join(COMPOSE["services"]["api"]["healthcheck"]["test"])
+    [path] = re.findall(r"http://127\.0\.0\.1:8080(/[a-z]+)", check)
+    assert path in {route.path for route in health.router.routes}  # type: ignore[attr-defined]
+    assert "--port" in OURS["api"]["command"] and "8080" in OURS["api"]["command"]

@@ -164,3 +164,27 @@ def test_the_json_schema_file_is_up_to_date() -> None:
     if os.environ.get("PATCHAAS_WRITE_SCHEMAS") == "1":
         SCHEMA.write_text(expected)
     assert SCHEMA.read_text() == expected, "regenerate: PATCHAAS_WRITE_SCHEMAS=1 pytest " + __file__
+
+
+def test_the_script_applies_the_patch_baseline_rules_of_the_selection(script: tree_sitter.Tree) -> None:
+    """approveAfterDays and severities (and includeKbs, which exempts from both) reach the script as parameters,
+    travel to the SYSTEM worker, and are checked against each found update's release date and MSRC severity."""
+    (top,) = [block for block in script.root_node.children if block.type == "param_block"]
+    declared = {text(v).removeprefix("$").lower() for v in nodes(top, "variable")}
+    assert {"approveafterdays", "severities", "includekbs", "classifications"} <= declared
+    read = [text(v).lower() for v in nodes(script.root_node, "variable") if not _within(v, top)]
+    assert "$approveafterdays" in read and "$severities" in read and "$includekbs" in read
+    on_update = {
+        text(access.children[-1])
+        for access in nodes(script.root_node, "member_access")
+        if text(access.children[0]).lower() == "$update"
+    }
+    assert {"LastDeploymentChangeTime", "MsrcSeverity"} <= on_update
+    selected = function(script, "Test-UpdateSelected")
+    calls = {text(n) for n in nodes(selected, "command_name")}
+    assert {"Get-UpdateSeverity", "Get-UpdateReleaseDate"} <= calls
+    assert "Test-UpdateSelected" in {text(n) for n in nodes(function(script, "Invoke-UpdateCycle"), "command_name")}
+
+
+def _within(node: tree_sitter.Node, ancestor: tree_sitter.Node) -> bool:
+    return ancestor.start_byte <= node.start_byte and node.end_byte <= ancestor.end_byte

@@ -47,7 +47,7 @@ PARAM_EXECUTION_ID = "patchaas.executionId"
 PARAM_CYCLE = "patchaas.cycle"
 PARAM_EXCLUDE_KBS = "patchaas.excludeKBs"  # comma-separated KB ids, "" for none
 PARAM_IDEMPOTENCY_KEY = "patchaas.idempotencyKey"
-PARAM_REPORT_URL = "patchaas.reportUrl"  # the report channel (issue 5 part 3); not sent yet
+PARAM_REPORT_URL = "patchaas.reportUrl"  # the report channel (orchestrator/reports.py), when offered
 PARAM_REPORT_TOKEN = "patchaas.reportToken"  # the per-execution bearer token of the report channel
 PACKAGE_RUN_NOT_FOUND = "packageRunNotFound"  # the `code` of a 404 for a package run never received
 PENDING_STATUSES: frozenset[str] = frozenset({"notStarted", "executing", "resumed"})
@@ -59,14 +59,19 @@ def package_run_path(alias: str, server: str, key: str) -> str:
 
 
 def package_parameters(run: PackageRun, key: str) -> dict[str, Any]:
-    """The Execute Package `parameters`: the execution's own, plus ours (strings, as CLC's were)."""
-    return {
+    """The Execute Package `parameters`: the execution's own, plus ours (strings, as CLC's were); the report
+    channel's URL and token only when the orchestrator offers the channel."""
+    parameters: dict[str, Any] = {
         **run.parameters,
         PARAM_EXECUTION_ID: run.execution_id,
         PARAM_CYCLE: str(run.cycle),
         PARAM_EXCLUDE_KBS: ",".join(run.exclude_kbs),
         PARAM_IDEMPOTENCY_KEY: key,
     }
+    if run.report_url and run.report_token is not None:
+        parameters[PARAM_REPORT_URL] = run.report_url
+        parameters[PARAM_REPORT_TOKEN] = run.report_token.get_secret_value()
+    return parameters
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.fleet import CycleReport, CycleState, PackageUpdate, ResultCode
+from schemas.selection import SAFE_GLOB
 
 RUNS_DIR = "/var/lib/patchaas/runs"
 MAINTENANCE_FLAG = "/etc/patchaas/maintenance"
@@ -34,7 +35,7 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 DEFAULT_YUM_EXCLUDES = ("kernel*", "nss*")  # the original "Yum Update" excluded kernel and nss packages
 MAX_OUTPUT = 8000  # characters of the package manager's output kept per failed package (its tail)
 PACKAGE_MANAGERS = ("apt", "dnf", "yum")
-_SAFE_PATTERN = re.compile(r"^[A-Za-z0-9*?\[\]+._~@-]{1,100}$")
+_SAFE_PATTERN = SAFE_GLOB  # the rule a run's packageExclusions are validated with at request time
 
 CYCLE_SCRIPT = r"""#!/bin/sh
 # patchaas Linux update package: one cycle. Usage: cycle.sh apt|dnf|yum RUN_DIR KEY [EXCLUDE_GLOB...]
@@ -60,9 +61,29 @@ apt_upgradable() {
 apt_broken() {
     awk -F'|' 'substr($1, 2, 1) ~ /[FUHWt]/ { print $2, $3, $3 }'
 }
-# `dnf check-update` → "name to" ("hello.x86_64   1.1-1   local"); stops at "Obsoleting Packages"
+# `dnf check-update` → "name to" ("hello.x86_64   1.1-1   local"); stops at "Obsoleting Packages"; a name
+# too long for its column is printed alone, its version and repository on the next line
 dnf_upgradable() {
-    awk '/^Obsoleting/ { exit } NF == 3 && $1 ~ /\./ && $2 ~ /-/ { n = $1; sub(/\.[^.]*$/, "", n); print n, $2 }'
+    awk '/^Obsoleting/ { exit }
+         NF == 1 && $1 ~ /\./ { held = $1; next }
+         NF == 2 && held != "" { $0 = held " " $0 }
+         { held = "" }
+         NF == 3 && $1 ~ /\./ && $2 ~ /-/ { n = $1; sub(/\.[^.]*$/, "", n); print n, $2 }'
+}
+# rpm has no half-configured state: a failed %post leaves the new version installed, and dnf exits 0
+# ("Error in POSTIN scriptlet in rpm package …"). Such a package is a failed update, remembered in
+# RPM_FAILED ("name version") and offered again next cycle (reinstalled: its scriptlets run again) while
+# that version is still the installed one, as dpkg's half-configured packages are.
+RPM_FAILED=/var/lib/patchaas/rpm-scriptlet-failed
+rpm_scriptlet_failed() {
+    grep -Eq 'scriptlet failed, exit status|^Error in [A-Z]+ scriptlet in rpm package' "$1"
+}
+dnf_broken() {
+    [ -f "$RPM_FAILED" ] || return 0
+    while read -r name version; do
+        [ "$(rpm_version "$name")" = "$version" ] && printf '%s %s %s\n' "$name" "$version" "$version"
+    done < "$RPM_FAILED"
+    return 0
 }
 rpm_version() {
     rpm -q --qf '%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\n' "$1" 2>/dev/null | tail -n 1
@@ -110,6 +131,7 @@ else
         dnf_upgradable < refresh.log | while read -r name to; do
             printf '%s %s %s\n' "$name" "$(rpm_version "$name")" "$to"
         done > candidates
+        dnf_broken >> candidates
         RC=0
     fi
 fi
@@ -125,8 +147,16 @@ if [ $RC -eq 0 ]; then
             now=${state#*|}
             case "$state" in "ii "*"|$to") ok=1 ;; *) ok=0 ;; esac
         else
-            $PMBIN -y upgrade $XARGS "$name" > "out/$name" 2>&1; rc=$?
+            if [ "$from" = "$to" ]; then op=reinstall; else op=upgrade; fi  # reinstall: its scriptlet failed
+            $PMBIN -y $op $XARGS "$name" > "out/$name" 2>&1; rc=$?
             now=$(rpm_version "$name")
+            if [ $rc -eq 0 ] && rpm_scriptlet_failed "out/$name"; then
+                rc=$(sed -n 's/.*scriptlet failed, exit status \([0-9][0-9]*\).*/\1/p' "out/$name" | head -n 1)
+                rc=${rc:-1}
+            fi
+            if [ -f "$RPM_FAILED" ]; then awk -v n="$name" '$1 != n' "$RPM_FAILED" > "$RPM_FAILED.new"; fi
+            if [ $rc -ne 0 ] && [ -n "$now" ]; then echo "$name $now" >> "$RPM_FAILED.new"; fi
+            if [ -f "$RPM_FAILED.new" ]; then mv "$RPM_FAILED.new" "$RPM_FAILED"; fi
             if [ $rc -eq 0 ] && [ "${now#*:}" = "${to#*:}" ]; then ok=1; else ok=0; fi
         fi
         safe "$now" || now=""
@@ -137,10 +167,16 @@ fi
 REBOOT=false; : > reboot-pkgs
 if [ "$PM" = apt ]; then
     if [ -e /var/run/reboot-required ]; then REBOOT=true; cp /var/run/reboot-required.pkgs reboot-pkgs 2>/dev/null; fi
-elif command -v needs-restarting >/dev/null 2>&1; then
-    needs-restarting -r > needs-restarting.log 2>&1; [ $? -eq 1 ] && REBOOT=true
-else
-    $PMBIN -q needs-restarting -r > needs-restarting.log 2>&1; [ $? -eq 1 ] && REBOOT=true
+else  # exit code 1 = reboot needed, unless the command itself is missing (dnf-plugins-core not installed)
+    if command -v needs-restarting >/dev/null 2>&1; then
+        needs-restarting -r > needs-restarting.log 2>&1; nr=$?
+    else
+        $PMBIN -q needs-restarting -r > needs-restarting.log 2>&1; nr=$?
+    fi
+    if [ $nr -eq 1 ] && ! grep -Eqi 'no such command|unknown command|command not found' needs-restarting.log; then
+        REBOOT=true
+        sed -n 's/^ *\* \([^ ]*\) *$/\1/p' needs-restarting.log > reboot-pkgs  # "  * kernel"
+    fi
 fi
 
 {
@@ -208,12 +244,16 @@ def probe_command(key: str) -> str:
     """What the host knows of the cycle `key`: ABSENT, FINISHED + the report, or RUNNING + when it started,
     its boot id, whether its process lives and the current boot id."""
     q = shlex.quote(run_dir(key))
+    # whether the process lives is read BEFORE looking for the report: the script writes its report, then
+    # exits, so "dead and no report" means killed. Read the other way round, a cycle that finished between
+    # the two reads looked killed (and was retried as aborted).
     return (
-        f"if [ ! -d {q} ]; then echo ABSENT; "
-        f"elif [ -f {q}/report.json ]; then echo FINISHED; cat {q}/report.json; "
+        f"if [ ! -d {q} ]; then echo ABSENT; else "
+        f"p=$(cat {q}/pid 2>/dev/null); if [ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null; then life=alive; "
+        f"else life=dead; fi; "
+        f"if [ -f {q}/report.json ]; then echo FINISHED; cat {q}/report.json; "
         f"else echo RUNNING; cat {q}/started_at 2>/dev/null || echo; cat {q}/boot_id 2>/dev/null || echo; "
-        f"p=$(cat {q}/pid 2>/dev/null); if [ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null; then echo alive; "
-        f"else echo dead; fi; cat {BOOT_ID}; fi"
+        f"echo $life; cat {BOOT_ID}; fi; fi"
     )
 
 
@@ -223,8 +263,10 @@ def status_command(pm: str) -> str:
     if pm == "apt":
         pending = "[ -e /var/run/reboot-required ]"
     else:
-        pending = ("{ if command -v needs-restarting >/dev/null 2>&1; then needs-restarting -r; "
-                   f"else {pm} -q needs-restarting -r; fi; }} >/dev/null 2>&1; [ $? -eq 1 ]")
+        # exit code 1 = reboot needed, unless the command is missing (dnf-plugins-core not installed)
+        pending = ("{ o=$({ if command -v needs-restarting >/dev/null 2>&1; then needs-restarting -r; "
+                   f"else {pm} -q needs-restarting -r; fi; }} 2>&1); [ $? -eq 1 ] && ! printf '%s' \"$o\" "
+                   "| grep -Eqi 'no such command|unknown command|command not found'; }")
     return f"cat {BOOT_ID}; if {pending}; then echo pending; else echo none; fi"
 
 

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
 
+from orchestrator.db import ping_when_idle
 from orchestrator.fleet import FleetError, FleetRefused
 from schemas import selection
 from schemas.fleet import (
@@ -166,7 +167,7 @@ class SimServerSpec:
             "power_state": self.power_state.value,
             "scenario": self.scenario.value,
             "updates": [
-                [u.kb, u.title, u.url, u.classification.value, u.wave, u.reboot_behavior]
+                [u.kb, u.title, u.url, u.classification.value, u.wave, u.reboot_behavior, u.age_days, u.msrc_severity]
                 for u in self.updates
             ],
             "faults": {kb: fault.value for kb, fault in self.faults.items()},
@@ -175,9 +176,9 @@ class SimServerSpec:
     @classmethod
     def from_doc(cls, doc: Document) -> SimServerSpec:
         """The spec `to_doc` wrote."""
-        updates = tuple(
-            CatalogUpdate(kb, title, url, Classification(classification), wave, reboot)
-            for kb, title, url, classification, wave, reboot in doc["updates"]
+        updates = tuple(  # the age and severity (the last two) are missing from specs written before them
+            CatalogUpdate(kb, title, url, Classification(classification), wave, reboot, *rest)
+            for kb, title, url, classification, wave, reboot, *rest in doc["updates"]
         )
         return cls(
             name=doc["name"],
@@ -206,6 +207,7 @@ class _ServerState:
     pending: list[str] = field(default_factory=list)  # installed, waiting for a reboot
     pending_flag: bool = False  # a reboot pending from before the simulation (PENDING_REBOOT)
     attempts: dict[str, int] = field(default_factory=dict)  # install attempts per KB
+    epoch: float = 0.0  # the fleet's clock when the server was created: update release ages count back from it
 
     @property
     def up(self) -> bool:
@@ -219,10 +221,11 @@ class _ServerState:
         return f"{name}-boot-{self.boots}"
 
     @classmethod
-    def initial(cls, spec: SimServerSpec, seed: int) -> _ServerState:
+    def initial(cls, spec: SimServerSpec, seed: int, epoch: float = 0.0) -> _ServerState:
         started = spec.power_state is PowerState.STARTED
         return cls(
             seed=seed,
+            epoch=epoch,
             power_state=spec.power_state,
             boots=1 if started else 0,
             pending_flag=spec.scenario is Scenario.PENDING_REBOOT,
@@ -240,6 +243,7 @@ class _ServerState:
             "pending": self.pending,
             "pending_flag": self.pending_flag,
             "attempts": self.attempts,
+            "epoch": self.epoch,
         }
 
     @classmethod
@@ -255,6 +259,7 @@ class _ServerState:
             pending=list(doc["pending"]),
             pending_flag=doc["pending_flag"],
             attempts=dict(doc["attempts"]),
+            epoch=doc.get("epoch", 0.0),
         )
 
 
@@ -353,6 +358,19 @@ class MemoryStore:
             for (kind, key), doc in session.new_ops.items():
                 self._ops[(server, kind, key)] = doc
             self._effects.extend(session.new_effects)
+
+    @contextmanager
+    def many(self, servers: Sequence[str]) -> Iterator[dict[str, StoreSession]]:
+        """`session` for many servers at once (the known ones), in one critical section."""
+        with self._lock:
+            sessions = {
+                name: StoreSession(self._specs[name], _copy(self._states[name]),
+                                   lambda kind, key, name=name: self._ops.get((name, kind, key)))  # type: ignore[misc]
+                for name in sorted(set(servers)) if name in self._specs
+            }
+            yield sessions
+            for name, session in sessions.items():
+                self._states[name] = session.state
 
     def specs(self) -> list[Document]:
         with self._lock:
@@ -494,6 +512,43 @@ class SqlStore:
                     ],
                 )
 
+    @contextmanager
+    def many(self, servers: Sequence[str], ops: Sequence[tuple[str, str, str]] = ()
+             ) -> Iterator[dict[str, StoreSession]]:
+        """`session` for many servers in one transaction: the known ones, locked in name order (one lock
+        order for every caller), their changed states written back in one statement. Only the operations
+        named in `ops` (server, kind, key) can be looked up, read in one statement; none are recorded (the
+        bulk reads, status and cycle results, record nothing)."""
+        names = sorted(set(servers))
+        with self._guard(), self._engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(self.servers.c.name, self.servers.c.spec, self.servers.c.state)
+                .where(self.servers.c.name.in_(names))
+                .order_by(self.servers.c.name)
+                .with_for_update()
+            ).all() if names else []
+            found: dict[tuple[str, str, str], Document] = {}
+            if ops and rows:
+                keys = sorted({key for _, _, key in ops})
+                for op in conn.execute(
+                    sa.select(self.ops.c.server, self.ops.c.kind, self.ops.c.key, self.ops.c.doc)
+                    .where(self.ops.c.server.in_(names), self.ops.c.key.in_(keys))
+                ):
+                    found[(op.server, op.kind, op.key)] = json.loads(op.doc)
+            before = {row.name: json.loads(row.state) for row in rows}
+            sessions = {row.name: StoreSession(json.loads(row.spec), _copy(before[row.name]),
+                                               lambda kind, key, name=row.name: found.get((name, kind, key)))
+                        for row in rows}
+            yield sessions
+            changed = [{"b_name": name, "state": json.dumps(session.state)}
+                       for name, session in sessions.items() if session.state != before[name]]
+            if changed:
+                conn.execute(
+                    sa.update(self.servers).where(self.servers.c.name == sa.bindparam("b_name"))
+                    .values(state=sa.bindparam("state")),
+                    changed,
+                )
+
     def specs(self) -> list[Document]:
         with self._guard(), self._engine.connect() as conn:
             texts = conn.execute(sa.select(self.servers.c.spec).order_by(self.servers.c.position)).scalars()
@@ -526,7 +581,12 @@ class SqlStore:
 def _engine_for(url: str) -> Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        # a pool as large as a batch's fleet threads (8): a smaller one closes and reopens its overflow
+        # connections on every round (2.4% of a worker's time in connect() under bench.fleet_scale)
+        # and the same ping of idle connections only as the orchestrator's own pool (orchestrator/db.py)
+        engine = sa.create_engine(url, pool_size=10, max_overflow=10)
+        ping_when_idle(engine, 1.0)
+        return engine
     in_memory = parsed.database in (None, "", ":memory:")
     engine = sa.create_engine(
         url,
@@ -586,13 +646,15 @@ class SimulatedFleet:
         transient_error_rate: float = 0.0,
         reset: bool = False,
     ) -> SimulatedFleet:
-        """Write `specs` into `store` (servers already there are kept unless `reset`) and attach to it."""
+        """Write `specs` into `store` (servers already there are kept unless `reset`) and attach to it. The
+        servers are created now by `clock`: their updates' release dates (catalog ages) count back from it."""
         specs = list(specs)
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise ValueError("two servers have the same name")
         store = store if store is not None else MemoryStore()
-        store.install([(s.name, s.to_doc(), _ServerState.initial(s, seed).to_doc()) for s in specs], reset)
+        epoch = clock()
+        store.install([(s.name, s.to_doc(), _ServerState.initial(s, seed, epoch).to_doc()) for s in specs], reset)
         return cls(store, timings, seed, clock, transient_error_rate)
 
     @classmethod
@@ -622,6 +684,55 @@ class SimulatedFleet:
                 boot_id=state.boot_id(spec.name),
                 pending_reboot=state.pending_reboot,
             )
+
+    def statuses(self, servers: Sequence[str]) -> dict[str, ServerStatus]:
+        """`status` of many servers in one store transaction (one statement to read, one to write back the
+        boots completed meanwhile); unknown servers are left out (their `status` raises FleetRefused)."""
+        self._maybe_fail()
+        many = getattr(self.store, "many", None)
+        if many is None:  # a store without bulk reads: one session each
+            found: dict[str, ServerStatus] = {}
+            for server in servers:
+                try:
+                    found[server] = self.status(server)
+                except FleetRefused:
+                    continue
+            return found
+        answers: dict[str, ServerStatus] = {}
+        with many(servers) as sessions:
+            now = self.clock()
+            for name, session in sessions.items():
+                spec = SimServerSpec.from_doc(session.spec)
+                state = _ServerState.from_doc(session.state)
+                _advance(spec, state, now)
+                session.state = state.to_doc()
+                answers[name] = ServerStatus(
+                    name=spec.name, os_type=spec.os_type, power_state=state.power_state,
+                    in_maintenance=state.in_maintenance, up=state.up, boot_id=state.boot_id(spec.name),
+                    pending_reboot=state.pending_reboot,
+                )
+        return answers
+
+    def cycle_results(self, items: Sequence[tuple[str, str]]) -> dict[tuple[str, str], CycleReport | None]:
+        """`cycle_result` of many (server, key) pairs in one store transaction; unknown servers are left out
+        (their `cycle_result` raises FleetRefused)."""
+        self._maybe_fail()
+        many = getattr(self.store, "many", None)
+        if many is None:
+            return {(server, key): self.cycle_result(server, key) for server, key in items}
+        answers: dict[tuple[str, str], CycleReport | None] = {}
+        with many([server for server, _ in items], [(server, _PACKAGE, key) for server, key in items]) as sessions:
+            now = self.clock()
+            for server, key in items:
+                session = sessions.get(server)
+                if session is None:
+                    continue
+                spec = SimServerSpec.from_doc(session.spec)
+                state = _ServerState.from_doc(session.state)
+                _advance(spec, state, now)
+                session.state = state.to_doc()
+                answers[(server, key)] = _report(session.op(_PACKAGE, key), key, now)
+        return answers
 
     def set_maintenance(self, server: str, on: bool, key: str) -> None:
         """Set the maintenance flag; every call is recorded (the control plane takes it even if unchanged)."""
@@ -669,7 +780,10 @@ class SimulatedFleet:
             state.booting_until = now + self.timings.reboot_seconds
 
     def invoke_package(self, server: str, key: str, run: PackageRun) -> None:
-        """Run one cycle: search, install every offered update not excluded, keep the report under `key`."""
+        """Run one cycle: search, install every offered update not excluded, keep the report under `key`.
+        The run's selection (schemas/selection.py) is applied as the package applies it: an update it does not
+        admit (release age and MSRC severity as of the fleet's clock now) is not installed, only listed in
+        the report's `excluded`."""
         self._maybe_fail()
         with self._server(server) as (session, spec, state, now):
             if session.op(_PACKAGE, key) is not None:
@@ -683,8 +797,11 @@ class SimulatedFleet:
             offered = _search(spec, state)
             wanted = selection.selection_of(run.parameters)
             skip = set(run.exclude_kbs)
+            searched = _datetime(now)
             excluded = tuple(
-                u.kb for u in offered if u.kb in skip or not wanted.admits(u.kb, str(u.classification))
+                u.kb for u in offered
+                if u.kb in skip or not wanted.admits(u.kb, str(u.classification),
+                                                     _datetime(u.released_at(state.epoch)), u.msrc_severity, searched)
             )
             results: list[UpdateResult] = []
             for update in offered:
@@ -731,17 +848,7 @@ class SimulatedFleet:
         """The cycle started under `key`: None if never received, running until its end, then its report."""
         self._maybe_fail()
         with self._server(server) as (session, _spec, _state, now):
-            job = session.op(_PACKAGE, key)
-            if job is None:
-                return None
-            if now < job["finish_at"]:
-                return CycleReport(
-                    key=key,
-                    state=CycleState.RUNNING,
-                    started_at=_datetime(job["started_at"]),
-                    result_code=ResultCode.IN_PROGRESS,
-                )
-            return CycleReport.model_validate(job["report"])
+            return _report(session.op(_PACKAGE, key), key, now)
 
     # --- inspection (tests, demo) ------------------------------------------------------------
 
@@ -783,6 +890,20 @@ class SimulatedFleet:
             _advance(spec, state, now)
             yield session, spec, state, now
             session.state = state.to_doc()
+
+
+def _report(job: Document | None, key: str, now: float) -> CycleReport | None:
+    """What `cycle_result` answers for the package job stored under `key` (None: never received)."""
+    if job is None:
+        return None
+    if now < job["finish_at"]:
+        return CycleReport(
+            key=key,
+            state=CycleState.RUNNING,
+            started_at=_datetime(job["started_at"]),
+            result_code=ResultCode.IN_PROGRESS,
+        )
+    return CycleReport.model_validate(job["report"])
 
 
 def _datetime(timestamp: float) -> datetime:

@@ -8,7 +8,11 @@ call), reads OpenSSH known_hosts files, and has `RejectPolicy` for pinned host k
   absolute path on the worker or a file name in PATCHAAS_SSH_KEY_DIR). Key material is never stored in the
   database and never logged.
 - Host keys are pinned: the known_hosts file PATCHAAS_SSH_KNOWN_HOSTS, unknown or changed keys refused
-  (`RejectPolicy`). Only PATCHAAS_SSH_ACCEPT_UNKNOWN_HOST_KEYS=true (for tests) switches to AutoAddPolicy.
+  (`RejectPolicy`), and/or the SHA256 fingerprint an operator registered for the host (ssh_hosts, migration
+  0007; the host must present that key). Only PATCHAAS_SSH_ACCEPT_UNKNOWN_HOST_KEYS=true (for tests)
+  switches to AutoAddPolicy, and never for a host with a registered fingerprint.
+- A key reference is a file (absolute, or in PATCHAAS_SSH_KEY_DIR) or `agent:SHA256:…`, a key of the
+  worker's ssh-agent.
 - Connection errors are retried with tenacity (exponential backoff, jitter, a deadline); a refused
   host key or a refused login is permanent (FleetRefused).
 - No control plane: maintenance mode is the `ssh_hosts.in_maintenance` flag (what `status` reports; it can
@@ -31,12 +35,13 @@ from pathlib import Path
 import paramiko
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential, wait_random
 
 from orchestrator import db, models
 from orchestrator.fleet import FleetError, FleetRefused
 from orchestrator.settings import Settings
-from schemas.fleet import CycleReport, PackageRun, PowerState, ServerStatus
+from schemas import selection
+from schemas.fleet import CycleReport, PackageRun, PowerState, ResultCode, ServerStatus
 from workers.fleet import linux_cycle
 
 log = logging.getLogger(__name__)
@@ -88,6 +93,19 @@ class HostInfo:
     key_ref: str
     package_manager: str
     in_maintenance: bool
+    host_key: str | None = None  # the SHA256 fingerprint pinned for this host (orchestrator/ssh_hosts.py)
+
+
+class _PinnedKey(paramiko.MissingHostKeyPolicy):
+    """A host missing from known_hosts is accepted only with the fingerprint registered for it."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if key.fingerprint != self.fingerprint:
+            raise paramiko.SSHException(f"Server {hostname!r} not found in known_hosts and its key "
+                                        f"{key.fingerprint} is not the pinned {self.fingerprint}")
 
 
 class _Unreachable(FleetError):
@@ -150,8 +168,9 @@ class SshFleet:
     def invoke_package(self, server: str, key: str, run: PackageRun) -> None:
         info = self._host(server)
         defaults = self.config.apt_excludes if info.package_manager == "apt" else self.config.yum_excludes
-        try:  # the configured globs, plus the packages this run quarantined (failed twice, or looping)
-            excludes = linux_cycle.exclusions(info.package_manager, run.exclude_kbs, defaults)
+        try:  # the configured globs, the run's packageExclusions, and the packages it quarantined
+            chosen = selection.selection_of(run.parameters).package_exclusions
+            excludes = linux_cycle.exclusions(info.package_manager, (*chosen, *run.exclude_kbs), defaults)
         except ValueError as error:
             raise FleetRefused(str(error)) from error
         command = linux_cycle.invoke_command(info.package_manager, key, excludes)
@@ -168,7 +187,10 @@ class SshFleet:
             report = linux_cycle.parse_probe(out, key, self.clock())
         except linux_cycle.ProbeError as error:
             raise FleetError(f"{server}: {error}") from error
-        if report is not None and report.result_code >= 4 and not report.updates:
+        if report is not None and report.result_code is ResultCode.ABORTED:
+            log.warning("%s: cycle %s aborted: its process is gone without a report, or the host rebooted under it",
+                        server, key)
+        elif report is not None and report.result_code >= 4 and not report.updates:
             log.warning("%s: cycle %s: the refresh failed: %s", server, key, linux_cycle.refresh_output(out)[-500:])
         return report
 
@@ -180,12 +202,22 @@ class SshFleet:
             if row is None:
                 raise FleetRefused(f"{server} has no SSH connection details (ssh_hosts)")
             return HostInfo(row.server_name, row.host, row.port, row.username, row.key_ref, row.package_manager,
-                            row.in_maintenance)
+                            row.in_maintenance, row.host_key_fingerprint)
 
     def _os_type(self, server: str) -> str:
         with self.sessions() as session:
             row = session.get(models.Server, server)
             return row.os_type if row is not None else "Linux"
+
+    @staticmethod
+    def agent_key(key_ref: str, agent: paramiko.Agent) -> paramiko.PKey:
+        """The key an `agent:SHA256:…` reference names, from the worker's ssh-agent (SSH_AUTH_SOCK). The agent
+        signs the login with it: keep `agent` open until the connection is authenticated."""
+        fingerprint = key_ref.removeprefix("agent:")
+        for key in agent.get_keys():
+            if key.fingerprint == fingerprint:
+                return key
+        raise FleetRefused(f"no key {fingerprint} in the worker's ssh-agent (SSH_AUTH_SOCK)")
 
     def key_path(self, key_ref: str) -> str:
         """The private key file a reference names: an absolute path, or a file in the key directory."""
@@ -203,16 +235,29 @@ class SshFleet:
         client = paramiko.SSHClient()
         if self.config.known_hosts:
             client.load_host_keys(self.config.known_hosts)
-        if self.config.accept_unknown_host_keys:
+        if info.host_key:
+            client.set_missing_host_key_policy(_PinnedKey(info.host_key))
+        elif self.config.accept_unknown_host_keys:
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        agent = paramiko.Agent() if info.key_ref.startswith("agent:") else None
         try:
+            if agent is not None:
+                credentials: dict[str, object] = {"pkey": self.agent_key(info.key_ref, agent)}
+            else:
+                credentials = {"key_filename": self.key_path(info.key_ref)}
             client.connect(
-                info.host, port=info.port, username=info.username, key_filename=self.key_path(info.key_ref),
+                info.host, port=info.port, username=info.username, **credentials,  # type: ignore[arg-type]
                 look_for_keys=False, allow_agent=False, timeout=self.config.connect_timeout,
                 banner_timeout=self.config.connect_timeout, auth_timeout=self.config.connect_timeout,
             )
+            transport = client.get_transport()
+            presented = transport.get_remote_server_key().fingerprint if transport else None
+            if info.host_key and presented != info.host_key:  # known_hosts had it, under another key
+                client.close()
+                raise FleetRefused(f"{info.server}: host key of {info.host}:{info.port} ({presented}) is not the "
+                                   f"pinned {info.host_key} (refusing to connect)")
         except paramiko.BadHostKeyException as error:
             client.close()
             raise FleetRefused(f"{info.server}: host key of {info.host}:{info.port} does not match known_hosts "
@@ -237,6 +282,12 @@ class SshFleet:
         except (OSError, EOFError) as error:
             client.close()
             raise _Unreachable(f"{info.server}: cannot reach {info.host}:{info.port}: {error}") from error
+        except FleetRefused:
+            client.close()
+            raise
+        finally:
+            if agent is not None:  # the login is signed (or failed): the agent is not needed any more
+                agent.close()
         return client
 
     def _run_once(self, info: HostInfo, command: str, stdin: str | None) -> str:
@@ -264,8 +315,9 @@ class SshFleet:
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(attempts or self.config.retry_attempts)
             | stop_after_delay(deadline or self.config.retry_deadline),
-            wait=wait_exponential_jitter(initial=self.config.retry_initial, max=self.config.retry_max_backoff,
-                                         jitter=self.config.retry_initial),
+            # exponential backoff with jitter (tenacity 9 deprecates wait_exponential_jitter's `initial`)
+            wait=wait_exponential(multiplier=self.config.retry_initial, max=self.config.retry_max_backoff)
+            + wait_random(0, self.config.retry_initial),
             reraise=True,
         ):
             with attempt:

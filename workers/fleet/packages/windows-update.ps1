@@ -7,7 +7,12 @@
     plane's Execute Package with the patchaas.* package parameters mapped to the parameters below.
 
     1. Searches Windows Update Agent (WUA) with the criteria
-       "IsInstalled=0 and Type='Software' and IsHidden=0", skipping the KBs in -ExcludeKBs.
+       "IsInstalled=0 and Type='Software' and IsHidden=0", skipping the KBs in -ExcludeKBs and the updates
+       the run's selection does not admit (schemas/selection.py PatchSelection.admits, rule for rule):
+       -IncludeKbs, -Classifications, -Severities (IUpdate.MsrcSeverity, "" being Unspecified) and
+       -ApproveAfterDays (IUpdate.LastDeploymentChangeTime at least that many days before the search). A KB
+       listed in -IncludeKbs is approved whatever -Severities and -ApproveAfterDays say (AWS's approved
+       patches). Skipped updates are listed in the report's `excluded`, never installed.
     2. Downloads and installs the rest. WUA refuses installs from a remote session (WinRM, SSH) with
        E_ACCESSDENIED (0x80070005), so the search/download/install part runs as a scheduled task under
        SYSTEM (this same script with -AsSystemWorker) and hands its result back through a file.
@@ -28,6 +33,16 @@
     <execution_id>:package:<cycle> (patchaas.idempotencyKey); the report's key.
 .PARAMETER ExcludeKBs
     Comma-separated KB ids to leave alone (patchaas.excludeKBs): the execution's quarantined updates.
+.PARAMETER IncludeKbs
+    The run's selection (package parameter includeKbs): only these KBs. Comma-separated, or an array.
+.PARAMETER Classifications
+    The run's selection (classifications): only updates of these classifications, e.g. 'Security Updates'.
+.PARAMETER Severities
+    The run's selection (severities): only updates of these MSRC severities (Critical, Important, Moderate,
+    Low, Unspecified).
+.PARAMETER ApproveAfterDays
+    The run's selection (approveAfterDays): only updates released at least this many days (0 to 365) before
+    the search; empty (the default) for no such rule.
 .PARAMETER ReportUrl
     Where to POST the cycle report (patchaas.reportUrl). Without it the report is only written locally.
 .PARAMETER ReportToken
@@ -47,6 +62,19 @@ param(
 
     [Parameter(ParameterSetName = 'Run')]
     [string] $ExcludeKBs = '',
+
+    [Parameter(ParameterSetName = 'Run')]
+    [string[]] $IncludeKbs = @(),
+
+    [Parameter(ParameterSetName = 'Run')]
+    [string[]] $Classifications = @(),
+
+    [Parameter(ParameterSetName = 'Run')]
+    [string[]] $Severities = @(),
+
+    [Parameter(ParameterSetName = 'Run')]
+    [ValidatePattern('^\s*(\d{1,3})?\s*$')]
+    [string] $ApproveAfterDays = '',
 
     [Parameter(ParameterSetName = 'Run')]
     [string] $ReportUrl = '',
@@ -107,6 +135,25 @@ function ConvertTo-KbList {
     }
 }
 
+function ConvertTo-NameList {
+    # 'Security Updates, Critical Updates' or an array of such strings -> one trimmed name per output
+    param([string[]] $Items)
+    foreach ($item in $Items) {
+        foreach ($name in ([string] $item -split '[,;]')) {
+            if ($name.Trim()) { $name.Trim() }
+        }
+    }
+}
+
+function ConvertTo-DayCount {
+    # '' -> -1 (no approval delay); '7' -> 7; anything above 365 is refused, as schemas/selection.py does
+    param([string] $Text)
+    if (-not $Text.Trim()) { return -1 }
+    $days = [int] $Text.Trim()
+    if ($days -gt 365) { throw "ApproveAfterDays must be from 0 to 365, not $days" }
+    $days
+}
+
 function Get-SafeName {
     param([string] $Key)
     $Key -replace '[^A-Za-z0-9._-]', '_'
@@ -128,6 +175,44 @@ function Get-UpdateClassification {
         if ($category.Type -eq 'UpdateClassification') { return [string] $category.Name }
     }
     'Updates'
+}
+
+function Get-UpdateSeverity {
+    # IUpdate.MsrcSeverity: Critical, Important, Moderate, Low, or empty (Unspecified: non-security updates)
+    param($Update)
+    $severity = [string] $Update.MsrcSeverity
+    if ($severity.Trim()) { $severity.Trim() } else { 'Unspecified' }
+}
+
+function Get-UpdateReleaseDate {
+    # IUpdate.LastDeploymentChangeTime: when the update was last published, in UTC
+    param($Update)
+    [DateTime]::SpecifyKind([DateTime] $Update.LastDeploymentChangeTime, [DateTimeKind]::Utc)
+}
+
+function Test-UpdateSelected {
+    # The run's selection, as schemas/selection.py PatchSelection.admits applies it (-ExcludeKBs apart):
+    # returns $null when the update may be installed, else why not.
+    param($Update, [string] $Kb, $Selection, [DateTime] $Now)
+    $include = @($Selection.include)
+    if ($include.Count -gt 0 -and $include -notcontains $Kb) { return 'not in includeKbs' }
+    $classes = @($Selection.classifications)
+    if ($classes.Count -gt 0 -and $classes -notcontains (Get-UpdateClassification $Update)) {
+        return 'classification ' + (Get-UpdateClassification $Update)
+    }
+    if ($include -contains $Kb) { return $null }  # approved by name: severity and age do not hold it back
+    $severities = @($Selection.severities)
+    $severity = Get-UpdateSeverity $Update
+    if ($severities.Count -gt 0 -and $severities -notcontains $severity) { return "severity $severity" }
+    $days = [int] $Selection.approveAfterDays
+    if ($days -ge 0) {
+        if ($null -eq $Update.LastDeploymentChangeTime) { return 'no release date' }
+        $released = Get-UpdateReleaseDate $Update
+        if ($Now - $released -lt [TimeSpan]::FromDays($days)) {
+            return 'released {0:yyyy-MM-dd}, less than {1} days ago' -f $released, $days
+        }
+    }
+    $null
 }
 
 function Get-UpdateUrl {
@@ -192,7 +277,7 @@ function ConvertTo-ReportJson {
 
 function Invoke-UpdateCycle {
     # Search, download, install; returns the cycle report. Never throws: a failure is a failed report.
-    param([string] $Key, [string] $SearchCriteria, [string[]] $Exclude, [string] $LogPath)
+    param([string] $Key, [string] $SearchCriteria, [string[]] $Exclude, $Selection, [string] $LogPath)
     $startedAt = Get-UtcStamp
     $results = @()
     $excluded = @()
@@ -202,6 +287,7 @@ function Invoke-UpdateCycle {
         $searcher = $session.CreateUpdateSearcher()
         Write-Log "searching: $SearchCriteria" $LogPath
         $found = $searcher.Search($SearchCriteria)
+        $searchedAt = [DateTime]::UtcNow
         $candidates = New-Object -ComObject 'Microsoft.Update.UpdateColl'
         foreach ($update in $found.Updates) {
             $kb = Get-UpdateKb $update
@@ -215,6 +301,12 @@ function Invoke-UpdateCycle {
             }
             if ($Exclude -contains $kb) {
                 Write-Log "excluded by request: $kb" $LogPath
+                $excluded += $kb
+                continue
+            }
+            $notSelected = Test-UpdateSelected -Update $update -Kb $kb -Selection $Selection -Now $searchedAt
+            if ($null -ne $notSelected) {
+                Write-Log "not selected by the run: $kb ($notSelected)" $LogPath
                 $excluded += $kb
                 continue
             }
@@ -357,7 +449,7 @@ function Send-CycleReport {
 if ($PSCmdlet.ParameterSetName -eq 'Worker') {
     $job = Get-Content -LiteralPath $JobPath -Raw | ConvertFrom-Json
     $report = Invoke-UpdateCycle -Key $job.key -SearchCriteria $job.criteria -Exclude @($job.exclude) `
-        -LogPath $job.log
+        -Selection $job.selection -LogPath $job.log
     $partial = $job.result + '.partial'
     Set-Content -LiteralPath $partial -Value (ConvertTo-ReportJson $report) -Encoding UTF8
     Move-Item -LiteralPath $partial -Destination $job.result -Force  # the result appears whole or not at all
@@ -382,6 +474,12 @@ try {
             key      = $IdempotencyKey
             criteria = $Criteria
             exclude  = @(ConvertTo-KbList $ExcludeKBs)
+            selection = [ordered]@{  # what Test-UpdateSelected reads
+                include          = @(ConvertTo-KbList ($IncludeKbs -join ','))
+                classifications  = @(ConvertTo-NameList $Classifications)
+                severities       = @(ConvertTo-NameList $Severities)
+                approveAfterDays = ConvertTo-DayCount $ApproveAfterDays
+            }
             result   = $resultFile
             log      = $logFile
         }
