@@ -7,6 +7,7 @@ A token is random (256 bits), shown once at login and stored only as its SHA-256
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import threading
@@ -22,7 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import models, naming
-from orchestrator.service import Conflict, ServiceError
+from orchestrator.service import Conflict, NotFound, ServiceError
+
+log = logging.getLogger(__name__)
 
 CLC_BAD_LOGIN = "We didn't recognize the username or password you entered. Please try again."
 
@@ -68,6 +71,31 @@ class BadCredentials(ServiceError):
 
     def __init__(self) -> None:
         super().__init__(CLC_BAD_LOGIN)
+
+
+class TooManyFailures(ServiceError):
+    """Login refused without checking the password: too many consecutive failures for this user (429)."""
+
+    status = 429
+
+    def __init__(self, username: str, retry_after: float) -> None:
+        self.retry_after = max(1, int(retry_after + 0.999))
+        super().__init__(f"too many failed logins for {username}: try again in {self.retry_after} s")
+
+
+# Login throttling per user: after FREE_FAILURES consecutive failures, each further failure locks the user's
+# logins for twice as long as the last (2 s, 4 s, … up to MAX_LOCK); a success resets it. Per user, not per
+# client address, so it holds across API processes (it is in the database) and behind proxies; the price is
+# that a guesser can make a real user wait up to MAX_LOCK, never lock them out for good.
+FREE_FAILURES = 5
+MAX_LOCK = timedelta(minutes=15)
+
+
+def lock_after(failures: int) -> timedelta | None:
+    """How long logins are refused after `failures` consecutive failures (None: not at all)."""
+    if failures < FREE_FAILURES:
+        return None
+    return min(MAX_LOCK, timedelta(seconds=2 ** min(failures - FREE_FAILURES + 1, 20)))
 
 
 @dataclass(frozen=True)
@@ -211,7 +239,8 @@ class AuthService:
     # --- the API -------------------------------------------------------------------------------
 
     def login(self, username: str, password: str) -> Login:
-        """Check the password and issue a token; any failure is CLC's single 400 message."""
+        """Check the password and issue a token; any failure is CLC's single 400 message, except a user
+        throttled after repeated failures (429 with Retry-After, see `lock_after`)."""
         try:
             key = check_username(username)
         except ServiceError:
@@ -225,25 +254,55 @@ class AuthService:
                 sa.select(models.User, models.Account.datacenter)
                 .join(models.Account, models.Account.alias == models.User.account_alias)
                 .where(models.User.username == key)
+                .with_for_update(of=models.User)  # concurrent failures count one by one
             ).first()
             if row is None:
                 self._burn(password)
                 raise BadCredentials()
             user, location = row
-            if not self._verify(user.password_hash, password):
-                raise BadCredentials()
-            if self.hasher.check_needs_rehash(user.password_hash):
-                user.password_hash = self.hasher.hash(password)
-            session.execute(
-                sa.delete(models.Token).where(models.Token.user_id == user.id, models.Token.expires_at <= now)
-            )
-            token = new_token()
-            expires_at = now + self.token_ttl
-            session.add(
-                models.Token(token_hash=token_digest(token), user_id=user.id, created_at=now, expires_at=expires_at)
-            )
-            principal = Principal(user.username, user.account_alias, location, tuple(user.roles))
+            if user.locked_until is not None and user.locked_until > now:
+                raise TooManyFailures(user.username, (user.locked_until - now).total_seconds())
+            ok = self._verify(user.password_hash, password)
+            if not ok:
+                user.failed_logins = (user.failed_logins or 0) + 1
+                lock = lock_after(user.failed_logins)
+                user.locked_until = now + lock if lock else None
+                failures = user.failed_logins
+            else:
+                user.failed_logins, user.locked_until = 0, None
+                if self.hasher.check_needs_rehash(user.password_hash):
+                    user.password_hash = self.hasher.hash(password)
+                session.execute(
+                    sa.delete(models.Token).where(models.Token.user_id == user.id, models.Token.expires_at <= now)
+                )
+                token = new_token()
+                expires_at = now + self.token_ttl
+                session.add(
+                    models.Token(token_hash=token_digest(token), user_id=user.id, created_at=now,
+                                 expires_at=expires_at)
+                )
+                principal = Principal(user.username, user.account_alias, location, tuple(user.roles))
+        if not ok:  # committed: the failure counts even though the answer is an error
+            log.warning("failed login for %s (%d in a row)", key, failures)
+            raise BadCredentials()
         return Login(principal, token, expires_at)
+
+    def logout(self, token: str | None) -> None:
+        """Revoke the bearer token used (Unauthorized if it is not a live token)."""
+        self.authenticate(token)
+        assert token is not None
+        with self.sessions.begin() as session:
+            session.execute(sa.delete(models.Token).where(models.Token.token_hash == token_digest(token)))
+
+    def revoke_tokens(self, username: str) -> int:
+        """Revoke every token of a user (a leaked token, a person leaving); how many there were."""
+        key = check_username(username)
+        with self.sessions.begin() as session:
+            user_id = session.scalar(sa.select(models.User.id).where(models.User.username == key))
+            if user_id is None:
+                raise NotFound(f"user {key} not found")
+            done = session.execute(sa.delete(models.Token).where(models.Token.user_id == user_id))
+            return int(done.rowcount or 0)  # type: ignore[attr-defined]
 
     def authenticate(self, token: str | None) -> Principal:
         """The caller behind a bearer token, or Unauthorized (401)."""
@@ -310,6 +369,12 @@ class TokenCache:
                 self._entries.pop(digest, None)
             return None
         return principal
+
+    def forget(self, token: str | None) -> None:
+        """Drop a token from this process's cache (a logout: other processes see it within `ttl`)."""
+        if token:
+            with self._lock:
+                self._entries.pop(token_digest(token), None)
 
     def authenticate(self, token: str | None) -> Principal:
         """`AuthService.authenticate` through the cache (a database query on a miss)."""

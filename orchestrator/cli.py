@@ -626,6 +626,14 @@ def user_create(
                   f"(roles: {', '.join(created.roles)})")
 
 
+@user_app.command("revoke-tokens")
+def user_revoke_tokens(username: Annotated[str, typer.Argument(help="login name")]) -> None:
+    """Revoke every bearer token of a user (a leaked token, someone leaving); they must log in again.
+    API processes stop accepting them within their token cache's few seconds."""
+    count = _auth_call(lambda auth: auth.revoke_tokens(username))
+    console.print(f"{count} token{'s' if count != 1 else ''} of {username.lower()} revoked")
+
+
 @app.command()
 def simulator(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",

@@ -245,6 +245,10 @@ class User(Base):
     roles: Mapped[list[str]] = mapped_column(JSONType, default=list)
     password_hash: Mapped[str] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # login throttling (migration 0008, orchestrator/auth.py): consecutive failures, and until when a
+    # further attempt is refused without checking the password
+    failed_logins: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class Token(Base):

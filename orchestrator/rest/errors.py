@@ -69,6 +69,9 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
 def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers = {"Retry-After": str(int(retry_after))}
     return error(exc.status, exc.message, headers)
 
 

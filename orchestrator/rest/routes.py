@@ -131,8 +131,23 @@ v2 = APIRouter(prefix="/v2")
 patching = APIRouter(prefix="/rest/servers/{alias}/server/{server}/patch", tags=["patching"])
 
 
+@v2.post("/authentication/logout", status_code=204, tags=["authentication"],
+         responses={**UNAUTHENTICATED, **DB_DOWN, 400: _error("a malformed request")})
+async def logout(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+                 ) -> Response:
+    """Revoke the bearer token of this call (a script done with it, a token that leaked). Other API
+    processes stop accepting it within their token cache's few seconds (PATCHAAS_API_TOKEN_CACHE_SECONDS)."""
+    token = credentials.credentials if credentials else None
+    tokens = _tokens(request)
+    await run_in_threadpool(tokens.auth.logout, token)
+    tokens.forget(token)
+    return Response(status_code=204)
+
+
 @v2.post("/authentication/login", response_model=bodies.LoginAnswer, tags=["authentication"],
-         responses={400: _error("bad credentials (CLC's message) or a malformed body"), **DB_DOWN})
+         responses={400: _error("bad credentials (CLC's message) or a malformed body"),
+                    429: _error("too many consecutive failed logins for this user; retry after Retry-After"),
+                    **DB_DOWN})
 def login(request: Request, body: bodies.LoginRequest) -> bodies.LoginAnswer:
     """Log in with a username and password; the answer carries a bearer token for every other call."""
     done = _auth(request).login(body.username, body.password)

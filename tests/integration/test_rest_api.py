@@ -447,6 +447,7 @@ def test_openapi_is_served_without_a_token_and_documents_every_endpoint(world: W
     document = world.client.get("/openapi.json").json()
     assert set(document["paths"]) == {
         "/v2/authentication/login",
+        "/v2/authentication/logout",
         "/v2/operations/{alias}/servers/executePackage",
         "/v2/operations/{alias}/groups/executePackage",
         "/v2/operations/{alias}/status/{statusId}",

@@ -110,3 +110,102 @@ def test_the_users_and_tokens_migration_goes_up_and_down_on_sqlite(tmp_path: Pat
     migrate.upgrade(url)
     assert {"users", "tokens"} <= set(sa.inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_repeated_failures_throttle_the_user_and_a_success_resets(
+    accounts: tuple[auth.AuthService, support.FakeClock]
+) -> None:
+    service, clock = accounts
+    service.create_user("jane", "OSD", ["ServerAdmin"], PASSWORD)
+    for _ in range(auth.FREE_FAILURES - 1):
+        with pytest.raises(auth.BadCredentials):
+            service.login("jane", "wrong password")
+    service.login("jane", PASSWORD)  # a success before the limit resets the count
+    for _ in range(auth.FREE_FAILURES):
+        with pytest.raises(auth.BadCredentials):
+            service.login("JANE", "wrong password")
+    # locked for 2 s: even the right password is refused, without being checked, with how long to wait
+    with pytest.raises(auth.TooManyFailures, match="too many failed logins for jane: try again in 2 s") as refused:
+        service.login("jane", PASSWORD)
+    assert refused.value.status == 429 and refused.value.retry_after == 2
+    clock.advance(2)
+    with pytest.raises(auth.BadCredentials):  # one more failure: locked twice as long
+        service.login("jane", "still wrong")
+    with pytest.raises(auth.TooManyFailures, match="try again in 4 s"):
+        service.login("jane", PASSWORD)
+    clock.advance(4)
+    service.login("jane", PASSWORD)
+    [user] = rows(service, models.User)
+    assert isinstance(user, models.User) and user.failed_logins == 0 and user.locked_until is None
+    assert [auth.lock_after(n) for n in (4, 5, 6, 7)] == [None, timedelta(seconds=2), timedelta(seconds=4),
+                                                          timedelta(seconds=8)]
+    assert auth.lock_after(100) == auth.MAX_LOCK
+
+
+def test_logout_and_revocation_end_tokens(accounts: tuple[auth.AuthService, support.FakeClock]) -> None:
+    service, _ = accounts
+    service.create_user("jane", "OSD", ["ServerAdmin"], PASSWORD)
+    first, second, third = (service.login("jane", PASSWORD).token for _ in range(3))
+    service.logout(first)
+    with pytest.raises(auth.Unauthorized):
+        service.authenticate(first)
+    with pytest.raises(auth.Unauthorized):
+        service.logout(first)  # not a live token any more
+    assert service.authenticate(second).username == "jane"
+    assert service.revoke_tokens("Jane") == 2
+    for token in (second, third):
+        with pytest.raises(auth.Unauthorized):
+            service.authenticate(token)
+    with pytest.raises(ServiceError, match="user nobody not found"):
+        service.revoke_tokens("nobody")
+
+
+def test_rest_logout_and_throttled_login(pg: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from orchestrator import bootstrap
+    from orchestrator.rest import create_app
+
+    clock = support.FakeClock()
+    container = bootstrap.build(support.test_settings(pg), dispatcher=support.ListDispatcher(), clock=clock)
+    service = auth.AuthService(container.sessions, clock, timedelta(days=14), hasher=cheap())
+    service.create_account("OSD", "OSD Inc", "va1", "ops@osd.example")
+    service.create_user("jane", "OSD", ["ServerAdmin"], PASSWORD)
+    try:
+        with TestClient(create_app(container, auth_service=service)) as client:
+            def login(password: str):  # type: ignore[no-untyped-def]
+                return client.post("/v2/authentication/login", json={"username": "jane", "password": password})
+
+            token = login(PASSWORD).json()["bearerToken"]
+            headers = {"Authorization": f"Bearer {token}"}
+            assert client.get("/v2/groups/osd/va1-0001", headers=headers).status_code == 404  # a live token
+            assert client.post("/v2/authentication/logout", headers=headers).status_code == 204
+            gone = client.get("/v2/groups/osd/va1-0001", headers=headers)  # the cache forgot it at once
+            assert gone.status_code == 401 and "message" in gone.json()
+            assert client.post("/v2/authentication/logout").status_code == 401
+            for _ in range(auth.FREE_FAILURES):
+                assert login("wrong password").status_code == 400
+            throttled = login(PASSWORD)
+            assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "2"
+            assert throttled.json() == {"message": "too many failed logins for jane: try again in 2 s"}
+            clock.advance(2)
+            assert login(PASSWORD).status_code == 200
+    finally:
+        container.close()
+
+
+def test_cli_user_revoke_tokens(accounts: tuple[auth.AuthService, support.FakeClock], pg: str) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app as cli_app
+
+    service, _ = accounts
+    service.create_user("jane", "OSD", ["ServerAdmin"], PASSWORD)
+    token = service.login("jane", PASSWORD).token
+    runner = CliRunner()
+    done = runner.invoke(cli_app, ["user", "revoke-tokens", "jane"], env={"PATCHAAS_DATABASE_URL": pg})
+    assert done.exit_code == 0 and "1 token of jane revoked" in done.output, done.output
+    with pytest.raises(auth.Unauthorized):
+        service.authenticate(token)
+    missing = runner.invoke(cli_app, ["user", "revoke-tokens", "nobody"], env={"PATCHAAS_DATABASE_URL": pg})
+    assert missing.exit_code == 2 and "user nobody not found" in missing.output

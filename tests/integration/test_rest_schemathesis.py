@@ -31,6 +31,7 @@ PASSWORD = "correct horse battery"
 EXAMPLES = 25
 OPERATIONS = [
     ("POST", "/v2/authentication/login"),
+    ("POST", "/v2/authentication/logout"),
     ("POST", "/v2/operations/{alias}/servers/executePackage"),
     ("POST", "/v2/operations/{alias}/groups/executePackage"),
     ("GET", "/v2/operations/{alias}/status/{statusId}"),
