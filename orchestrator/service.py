@@ -6,13 +6,15 @@ Entry points (Python API, REST, CLI) call these and only translate their answers
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,6 +90,112 @@ def _is_group_id(raw: str) -> bool:
     return True
 
 
+class AnswerCache:
+    """The JSON answers (summary item, detail) of ended executions, kept by this process.
+
+    An ended execution never changes: the engine writes an execution only under its lease with a
+    compare-and-set on `version`, and a claim requires `ended_at IS NULL`; its cycles and patches are
+    inserted in the transaction of the step that recorded them; a cancel of an ended execution is refused
+    (409) and reports for it are not taken. So the key is (kind, id, version, ended_at) and only ended
+    executions are put: a running one is always read fresh, and any write that did reach an ended row
+    would have bumped its version (a new key). Least recently used answers go first once the cache holds
+    `max_bytes` (an answer larger than that is not kept)."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0  # bytes held
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        with self._lock:
+            body = self._items.get(key)
+            if body is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return body
+
+    def put(self, key: tuple[Any, ...], body: bytes) -> None:
+        if len(body) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+            self._items[key] = body
+            self.size += len(body)
+            while self.size > self.max_bytes:
+                _, gone = self._items.popitem(last=False)
+                self.size -= len(gone)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.size = 0
+
+
+def _answer_key(kind: str, row: Any) -> tuple[Any, ...] | None:
+    """The cache key of an execution's answer, None while it runs (never cached)."""
+    if row.ended_at is None:
+        return None
+    return (kind, row.id, row.version, row.ended_at)
+
+
+SUMMARY_JSON = TypeAdapter(ExecutionSummary)
+DETAIL_JSON = TypeAdapter(ExecutionDetail)
+
+# The read paths' statements, built once (SQLAlchemy caches their compiled form).
+_servers = models.Server.__table__
+_executions = models.Execution.__table__
+_SERVER = sa.select(_servers.c.name, _servers.c.account_alias).where(_servers.c.name == sa.bindparam("name"))
+_SUMMARY_COLUMNS = (_executions.c.id, _executions.c.state, _executions.c.started_at, _executions.c.ended_at,
+                    _executions.c.server_name, _executions.c.created_at, _executions.c.version)
+_NEWEST_FIRST = (_executions.c.created_at.desc(), _executions.c.id.desc())
+_PAGE = (
+    sa.select(*_SUMMARY_COLUMNS).where(_executions.c.server_name == sa.bindparam("name"))
+    .order_by(*_NEWEST_FIRST).limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_CURSOR = sa.select(_executions.c.id, _executions.c.server_name, _executions.c.created_at).where(
+    _executions.c.id == sa.bindparam("id")
+)
+_PAGE_BEFORE = (
+    sa.select(*_SUMMARY_COLUMNS)
+    .where(
+        _executions.c.server_name == sa.bindparam("name"),
+        sa.tuple_(_executions.c.created_at, _executions.c.id)
+        < sa.tuple_(sa.bindparam("created_at", type_=_executions.c.created_at.type),
+                    sa.bindparam("id", type_=_executions.c.id.type)),
+    )
+    .order_by(*_NEWEST_FIRST).limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_INITIATIONS = (
+    sa.select(models.Initiation.__table__)
+    .where(models.Initiation.__table__.c.execution_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(models.Initiation.__table__.c.cycle)
+)
+_DETAIL_ROW = sa.select(
+    _servers.c.name, _servers.c.account_alias, _executions.c.id, _executions.c.state, _executions.c.started_at,
+    _executions.c.ended_at, _executions.c.version, _executions.c.begin_message, _executions.c.end_message,
+    _executions.c.server_name, _executions.c.cycle, _executions.c.installed_count, _executions.c.failure_reason,
+    _executions.c.quarantined, _executions.c.cancelled_by, _executions.c.cancel_reason,
+).select_from(
+    _servers.outerjoin(_executions, sa.and_(_executions.c.id == sa.bindparam("id"),
+                                            _executions.c.server_name == _servers.c.name))
+).where(_servers.c.name == sa.bindparam("name"))
+_PATCHES = (
+    sa.select(models.Patch.__table__)
+    .where(models.Patch.__table__.c.execution_id == sa.bindparam("execution_id"))
+    .order_by(models.Patch.__table__.c.id)
+)
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     """A server of the inventory, and the execution patching it right now (if any)."""
@@ -129,6 +237,8 @@ class PatchService:
         self.clock = clock
         self.redrive = redrive  # what we dispatch right after commit, the tick leaves alone this long
         self.bulk_from = 2  # requests for at least this many servers are accepted in bulk (orchestrator/bulk.py)
+        self.answers = AnswerCache()  # JSON of ended executions' summaries and details (REST hot paths)
+        self._read_engine: Any = None
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -391,49 +501,138 @@ class PatchService:
         return self.detail(alias, server, execution_id)
 
     # --- queries ------------------------------------------------------------------------------
+    #
+    # The summary and detail reads are the REST API's hot paths (issue 7). They read plain Core rows on an
+    # AUTOCOMMIT connection (`_reading`): each is a few SELECTs under READ COMMITTED, where a transaction
+    # would add no consistency (every statement takes its own snapshot either way) but would cost the
+    # ROLLBACK round trip that ends a read-only session. The JSON of an ended execution is kept in `answers`
+    # (`AnswerCache`): once `ended_at` is set nothing changes the execution, its cycles or its patches.
 
     def history(
         self, alias: str, server: str, limit: int = 50, before: str | None = None
     ) -> list[ExecutionSummary]:
         """A server's executions, newest first; `before` is the last execution id of the previous page."""
-        alias = naming.check_alias(alias)
-        limit = max(1, min(limit, MAX_PAGE))
-        with self.sessions() as session:
-            name = self._server(session, alias, server).name
-            # plain rows of the columns a summary shows, not ORM objects: a page is read, never changed
-            table = models.Execution.__table__
-            query = sa.select(table.c.id, table.c.state, table.c.started_at, table.c.ended_at, table.c.server_name,
-                              table.c.created_at).where(table.c.server_name == name)
-            if before is not None:
-                cursor = session.get(models.Execution, naming.check_execution_id(before))
-                if cursor is None or cursor.server_name != name:
-                    raise NotFound(f"execution {before} not found")
-                query = query.where(
-                    sa.tuple_(models.Execution.created_at, models.Execution.id)
-                    < sa.tuple_(sa.literal(cursor.created_at, models.Execution.created_at.type), cursor.id)
-                )
-            rows = session.execute(
-                query.order_by(models.Execution.created_at.desc(), models.Execution.id.desc()).limit(limit)
-            ).all()
-            ids = [r.id for r in rows]
-            inits: dict[str, list[Any]] = {i: [] for i in ids}
-            if ids:
-                for init in session.execute(
-                    sa.select(models.Initiation.__table__)
-                    .where(models.Initiation.execution_id.in_(ids))
-                    .order_by(models.Initiation.cycle)
-                ):
-                    inits[init.execution_id].append(init)
-            return [_summary(r, inits[r.id]) for r in rows]
+        with self._reading() as conn:
+            rows, inits, _ = self._history_rows(conn, alias, server, limit, before, None)
+        return [_summary(r, inits[r.id]) for r in rows]
+
+    def history_json(
+        self, alias: str, server: str, limit: int = 50, before: str | None = None
+    ) -> list[tuple[str, bytes]]:
+        """`history` as (execution id, JSON of its summary) pairs, the JSON exactly what
+        `TypeAdapter(ExecutionSummary).dump_json(summary, by_alias=True)` gives. Ended executions come from
+        `answers`; the cycles are read only for the others (no cycle query when the whole page is cached)."""
+        with self._reading() as conn:
+            rows, inits, cached = self._history_rows(conn, alias, server, limit, before, self.answers)
+        page: list[tuple[str, bytes]] = []
+        for r in rows:
+            body = cached.get(r.id)
+            if body is None:
+                body = SUMMARY_JSON.dump_json(_summary(r, inits[r.id]), by_alias=True)
+                key = _answer_key("summary", r)
+                if key is not None:
+                    self.answers.put(key, body)
+            page.append((r.id, body))
+        return page
 
     def detail(self, alias: str, server: str, execution_id: str) -> ExecutionDetail:
         """One execution with every patch it attempted."""
-        with self.sessions() as session:
-            row = self._execution(session, alias, server, execution_id)
-            patches = session.execute(  # plain rows, not ORM objects: read only
-                sa.select(models.Patch.__table__).where(models.Patch.execution_id == row.id).order_by(models.Patch.id)
+        with self._reading() as conn:
+            row = self._detail_row(conn, alias, server, execution_id)
+            patches = conn.execute(_PATCHES, {"execution_id": row.id}).all()
+        return _detail(row, list(patches), self.clock())
+
+    def detail_json(self, alias: str, server: str, execution_id: str) -> bytes:
+        """`detail` as JSON, exactly what `TypeAdapter(ExecutionDetail).dump_json(detail, by_alias=True)`
+        gives; an ended execution's from `answers` after its first read (one statement instead of two)."""
+        with self._reading() as conn:
+            row = self._detail_row(conn, alias, server, execution_id)
+            key = _answer_key("detail", row)
+            body = self.answers.get(key) if key is not None else None
+            if body is not None:
+                return body
+            patches = conn.execute(_PATCHES, {"execution_id": row.id}).all()
+        body = DETAIL_JSON.dump_json(_detail(row, list(patches), self.clock()), by_alias=True)
+        if key is not None:
+            self.answers.put(key, body)
+        return body
+
+    def _reading(self) -> Any:
+        """A pooled connection in AUTOCOMMIT for plain reads (no BEGIN, no ROLLBACK round trip)."""
+        engine = self._read_engine
+        if engine is None:
+            bind = self.sessions.kw.get("bind")
+            if bind is None:
+                raise RuntimeError("PatchService needs sessions bound to an engine")
+            import os  # EXPERIMENT
+            mode = os.environ.get("PATCHAAS_READ_MODE", "toggle")
+            if mode == "plain":
+                engine = bind
+            elif mode == "dedicated":
+                engine = sa.create_engine(bind.url, isolation_level="AUTOCOMMIT", pool_size=int(os.environ.get("RP", "10")), max_overflow=0)
+            else:
+                engine = bind.execution_options(isolation_level="AUTOCOMMIT")
+            self._read_engine = engine
+        return engine.connect()
+
+    def _history_rows(
+        self, conn: Any, alias: str, server: str, limit: int, before: str | None, cache: AnswerCache | None
+    ) -> tuple[list[Any], dict[str, list[Any]], dict[str, bytes]]:
+        """The page's rows (the columns a summary shows, and `version`), the answers `cache` holds for them,
+        and the cycles of the others: two or three statements, one more with `before`."""
+        alias = naming.check_alias(alias)
+        limit = max(1, min(limit, MAX_PAGE))
+        try:
+            name = naming.check_server_name(server)
+        except naming.NamingError as exc:
+            raise NotFound(str(exc)) from None
+        owner = conn.execute(_SERVER, {"name": name}).first()
+        if owner is None or owner.account_alias != alias:
+            raise NotFound(f"server {server} not found")
+        name = owner.name
+        if before is None:
+            rows = conn.execute(_PAGE, {"name": name, "limit": limit}).all()
+        else:
+            cursor = conn.execute(_CURSOR, {"id": naming.check_execution_id(before)}).first()
+            if cursor is None or cursor.server_name != name:
+                raise NotFound(f"execution {before} not found")
+            rows = conn.execute(
+                _PAGE_BEFORE, {"name": name, "limit": limit, "created_at": cursor.created_at, "id": cursor.id}
             ).all()
-            return _detail(row, list(patches), self.clock())
+        cached: dict[str, bytes] = {}
+        if cache is not None:
+            for r in rows:
+                key = _answer_key("summary", r)
+                body = cache.get(key) if key is not None else None
+                if body is not None:
+                    cached[r.id] = body
+        inits: dict[str, list[Any]] = {r.id: [] for r in rows if r.id not in cached}
+        if inits:
+            for init in conn.execute(_INITIATIONS, {"ids": list(inits)}):
+                inits[init.execution_id].append(init)
+        return list(rows), inits, cached
+
+    def _detail_row(self, conn: Any, alias: str, server: str, execution_id: str) -> Any:
+        """The server and the execution in one statement (servers LEFT JOIN executions), with the same
+        404s as `_execution`."""
+        try:
+            name = naming.check_server_name(server)
+        except naming.NamingError as exc:
+            raise NotFound(str(exc)) from None
+        bad_id: naming.NamingError | None = None
+        eid: str | None = None
+        try:
+            eid = naming.check_execution_id(execution_id)
+        except naming.NamingError as exc:
+            bad_id = exc
+        row = conn.execute(_DETAIL_ROW, {"name": name, "id": eid}).first()
+        if row is None or row.account_alias != naming.check_alias(alias):
+            raise NotFound(f"server {server} not found")
+        if bad_id is not None:
+            raise NotFound(str(bad_id))
+        if row.id is None:
+            raise NotFound(f"execution {execution_id} not found for server {row.name}")
+        return row
 
     def server(self, alias: str, server: str) -> ServerInfo:
         """One server of the account (two queries: the server, its active execution)."""
@@ -562,7 +761,7 @@ def _summary(row: Any, inits: list[Any]) -> ExecutionSummary:
     )
 
 
-def _detail(row: models.Execution, patches: list[Any], now: datetime) -> ExecutionDetail:
+def _detail(row: Any, patches: list[Any], now: datetime) -> ExecutionDetail:
     failed = sum(1 for p in patches if p.status == "failed")
     return ExecutionDetail(
         execution_id=row.id,

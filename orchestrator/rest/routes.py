@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import TypeAdapter
 
 from orchestrator import auth
 from orchestrator import windows as windows_mod
@@ -87,13 +86,10 @@ async def _operator(caller: Annotated[auth.Principal, Depends(_caller)]) -> auth
     return caller
 
 
-SUMMARIES = TypeAdapter(list[ExecutionSummary])
-
-
-def _json(adapter: TypeAdapter[Any], value: Any, headers: dict[str, str] | None = None) -> Response:
-    """The answer serialized once, as FastAPI would with `response_model` (by alias), without its
-    validate-and-dump of a value that is already a validated model."""
-    return Response(adapter.dump_json(value, by_alias=True), media_type="application/json", headers=headers)
+def _json(body: bytes, headers: dict[str, str] | None = None) -> Response:
+    """An answer the service serialized already (`history_json`, `detail_json`: the bytes FastAPI's
+    `response_model` would give, by alias), sent as is."""
+    return Response(body, media_type="application/json", headers=headers)
 
 
 Caller = Annotated[auth.Principal, Depends(_caller)]
@@ -232,17 +228,14 @@ def summary(
     """A server's patch history, newest first; when more remain, `Link: rel="next"` and `X-Next-Cursor`
     give the next page (pass `cursor`)."""
     scope = _own(caller, alias, f"server {server} not found")
-    items = service.history(scope, server, limit=limit + 1, before=cursor)
+    items = service.history_json(scope, server, limit=limit + 1, before=cursor)
     page = items[:limit]
     headers: dict[str, str] = {}
     if len(items) > limit:
-        after = page[-1].execution_id
+        after = page[-1][0]
         headers["Link"] = f'<{request.url.path}?limit={limit}&cursor={after}>; rel="next"'
         headers["X-Next-Cursor"] = after
-    return _json(SUMMARIES, page, headers)
-
-
-DETAIL = TypeAdapter(ExecutionDetail)
+    return _json(b"[" + b",".join(body for _, body in page) + b"]", headers)
 
 
 @patching.get("/{execution_id}", response_model=ExecutionDetail, responses=READ)
@@ -250,7 +243,7 @@ def detail(alias: Alias, server: ServerName, execution_id: ExecutionId, caller: 
            service: Service) -> Response:
     """One execution with every patch it attempted."""
     scope = _own(caller, alias, f"server {server} not found")
-    return _json(DETAIL, service.detail(scope, server, execution_id))
+    return _json(service.detail_json(scope, server, execution_id))
 
 
 @patching.post("/{execution_id}/cancel", response_model=ExecutionDetail, status_code=202,

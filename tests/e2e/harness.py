@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator import db, inventory, models
+from orchestrator.mailsink import MailSink
 from workers.fleet import simulated
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +148,16 @@ def active_executions(database_url: str) -> list[tuple[str, str, str]]:
 
 
 # --- throwaway services for chaos tests: restarted at will, never the machine's own ----------------
+
+
+def assert_one_start_and_one_end_email(mail_sink: MailSink, execution_ids: Iterable[str], timeout: float = 30) -> None:
+    """Every execution sent exactly one start and one end email (counted by the headers our emails carry)."""
+    ids = list(execution_ids)
+    wait_until(lambda: len(mail_sink.messages) >= 2 * len(ids), timeout=timeout,
+               on_timeout=lambda: f"{len(mail_sink.messages)} emails for {len(ids)} executions")
+    sent = Counter((m["X-Patchaas-Execution"], m["X-Patchaas-Kind"]) for m in mail_sink.messages)
+    for execution_id in ids:
+        assert sent[(execution_id, "start")] == 1 and sent[(execution_id, "end")] == 1, (execution_id, sent)
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from schemas.fleet import CycleReport
 from tests.e2e.harness import (
     Cluster,
     active_executions,
+    assert_one_start_and_one_end_email,
     install_fleet,
     simulator_faults,
     start_api,
@@ -109,11 +110,6 @@ def test_fifty_servers_complete_over_http_despite_faults(
         assert reports["posted"] == len(records) and reports["dropped"] > 0 and reports["duplicated"] > 0, reports
         assert len(records) < cycles  # the dropped reports' cycles were read by polling the fleet
         assert faults["expiredTokens"] > 0, faults  # the workers logged in again
-        wait_until(
-            lambda: len(mail_sink.messages) >= 100, timeout=30, on_timeout=lambda: f"{len(mail_sink.messages)} emails"
-        )
-        sent = Counter((m["X-Patchaas-Execution"], m["X-Patchaas-Kind"]) for m in mail_sink.messages)
-        for execution_id in ids.values():
-            assert sent[(execution_id, "start")] == 1 and sent[(execution_id, "end")] == 1, execution_id
+        assert_one_start_and_one_end_email(mail_sink, ids.values())
     finally:
         patching.close()

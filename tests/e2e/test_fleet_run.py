@@ -24,6 +24,7 @@ from schemas.fleet import CycleReport, PowerState
 from tests.e2e.harness import (
     Cluster,
     active_executions,
+    assert_one_start_and_one_end_email,
     install_fleet,
     simulator_faults,
     start_api,
@@ -133,10 +134,6 @@ def test_real_workers_patch_twenty_servers(
             reports = simulator_faults(simulator)["reports"]
             assert reports["posted"] == recorded and reports["refused"] == reports["failed"] == 0, reports
             assert reports["duplicated"] > 0 and reports["replayed"] == reports["duplicated"], reports
-        wait_until(lambda: len(mail_sink.messages) >= 40, timeout=30,
-                   on_timeout=lambda: f"{len(mail_sink.messages)} emails")
-        sent = Counter((m["X-Patchaas-Execution"], m["X-Patchaas-Kind"]) for m in mail_sink.messages)
-        for execution_id in ids.values():
-            assert sent[(execution_id, "start")] == 1 and sent[(execution_id, "end")] == 1, execution_id
+        assert_one_start_and_one_end_email(mail_sink, ids.values())
     finally:
         patching.close()

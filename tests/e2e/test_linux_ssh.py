@@ -8,7 +8,6 @@ found nothing; the failing package is recorded failed, with dpkg's output, while
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.e2e.harness import (
     Cluster,
     LinuxTestHosts,
     active_executions,
+    assert_one_start_and_one_end_email,
     linux_hosts_unavailable,
     register_linux_hosts,
     use_ssh_fleet,
@@ -142,11 +142,7 @@ def test_debian_hosts_are_patched_over_ssh(
         with engine.connect() as conn:
             assert not conn.execute(sa.select(models.SshHost).where(models.SshHost.in_maintenance)).all()
         engine.dispose()
-        wait_until(lambda: len(mail_sink.messages) >= 6, timeout=30,
-                   on_timeout=lambda: f"{len(mail_sink.messages)} emails")
-        sent = Counter((m["X-Patchaas-Execution"], m["X-Patchaas-Kind"]) for m in mail_sink.messages)
-        for execution_id in ids.values():
-            assert sent[(execution_id, "start")] == 1 and sent[(execution_id, "end")] == 1, execution_id
+        assert_one_start_and_one_end_email(mail_sink, ids.values())
     finally:
         patching.close()
 
