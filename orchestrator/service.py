@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import batch, bulk, machine, messages, models, naming, notifications, packages, rollouts
+from orchestrator import batch, bulk, db, machine, messages, models, naming, notifications, packages, rollouts
 from orchestrator import engine as engine_mod
 from schemas import selection
 from schemas.patching import (
@@ -148,18 +148,51 @@ def _answer_key(kind: str, row: Any) -> tuple[Any, ...] | None:
     return (kind, row.id, row.version, row.ended_at)
 
 
+READ_POOL_SIZE = 10
+READ_PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def read_engine_for(engine: Any) -> Any:
+    """The engine of the REST read paths beside `engine` (PostgreSQL; elsewhere `engine` itself): its own
+    pool of `READ_POOL_SIZE` connections, in AUTOCOMMIT from the start. A read there is its statements
+    and nothing else: no BEGIN before the first one, no ROLLBACK when the connection goes back, and no
+    isolation level switched per checkout (`execution_options(isolation_level=…)` on the shared pool cost as
+    much as a statement under load: psycopg2 releases the GIL for each switch). No overflow, so no
+    connection is opened and closed per burst. Statements are reported to `engine`'s cursor listeners too
+    (statement counters, tracing), and disposing `engine` disposes it."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    reads = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=READ_POOL_SIZE, max_overflow=0)
+    db.ping_when_idle(reads, READ_PING_AFTER_IDLE_SECONDS)
+
+    @sa.event.listens_for(reads, "before_cursor_execute")
+    def _before(*args: Any) -> None:
+        engine.dispatch.before_cursor_execute(*args)
+
+    @sa.event.listens_for(reads, "after_cursor_execute")
+    def _after(*args: Any) -> None:
+        engine.dispatch.after_cursor_execute(*args)
+
+    @sa.event.listens_for(engine, "engine_disposed")
+    def _disposed(_engine: Any) -> None:
+        reads.dispose()
+
+    return reads
+
+
 SUMMARY_JSON = TypeAdapter(ExecutionSummary)
 DETAIL_JSON = TypeAdapter(ExecutionDetail)
 
 # The read paths' statements, built once (SQLAlchemy caches their compiled form).
 _servers = models.Server.__table__
 _executions = models.Execution.__table__
-_SERVER = sa.select(_servers.c.name, _servers.c.account_alias).where(_servers.c.name == sa.bindparam("name"))
+_SERVER = sa.select(_servers.c.account_alias).where(_servers.c.name == sa.bindparam("name"))
 _SUMMARY_COLUMNS = (_executions.c.id, _executions.c.state, _executions.c.started_at, _executions.c.ended_at,
                     _executions.c.server_name, _executions.c.created_at, _executions.c.version)
 _NEWEST_FIRST = (_executions.c.created_at.desc(), _executions.c.id.desc())
 _PAGE = (
-    sa.select(*_SUMMARY_COLUMNS).where(_executions.c.server_name == sa.bindparam("name"))
+    sa.select(_SERVER.scalar_subquery().label("owner"), *_SUMMARY_COLUMNS)
+    .where(_executions.c.server_name == sa.bindparam("name"))
     .order_by(*_NEWEST_FIRST).limit(sa.bindparam("limit", type_=sa.Integer))
 )
 _CURSOR = sa.select(_executions.c.id, _executions.c.server_name, _executions.c.created_at).where(
@@ -558,41 +591,36 @@ class PatchService:
         return body
 
     def _reading(self) -> Any:
-        """A pooled connection in AUTOCOMMIT for plain reads (no BEGIN, no ROLLBACK round trip)."""
+        """A pooled connection for plain reads (`read_engine_for`: AUTOCOMMIT, no BEGIN/ROLLBACK)."""
         engine = self._read_engine
         if engine is None:
             bind = self.sessions.kw.get("bind")
             if bind is None:
                 raise RuntimeError("PatchService needs sessions bound to an engine")
-            import os  # EXPERIMENT
-            mode = os.environ.get("PATCHAAS_READ_MODE", "toggle")
-            if mode == "plain":
-                engine = bind
-            elif mode == "dedicated":
-                engine = sa.create_engine(bind.url, isolation_level="AUTOCOMMIT", pool_size=int(os.environ.get("RP", "10")), max_overflow=0)
-            else:
-                engine = bind.execution_options(isolation_level="AUTOCOMMIT")
-            self._read_engine = engine
+            engine = self._read_engine = read_engine_for(bind)
         return engine.connect()
 
     def _history_rows(
         self, conn: Any, alias: str, server: str, limit: int, before: str | None, cache: AnswerCache | None
     ) -> tuple[list[Any], dict[str, list[Any]], dict[str, bytes]]:
         """The page's rows (the columns a summary shows, and `version`), the answers `cache` holds for them,
-        and the cycles of the others: two or three statements, one more with `before`."""
+        and the cycles of the others. One statement (the page and its server's account) when `cache` holds
+        every answer of the page, one more for the cycles otherwise; with `before`, two more (the server,
+        the cursor); and one more when the page is empty (whether the server exists)."""
         alias = naming.check_alias(alias)
         limit = max(1, min(limit, MAX_PAGE))
         try:
             name = naming.check_server_name(server)
         except naming.NamingError as exc:
             raise NotFound(str(exc)) from None
-        owner = conn.execute(_SERVER, {"name": name}).first()
-        if owner is None or owner.account_alias != alias:
-            raise NotFound(f"server {server} not found")
-        name = owner.name
-        if before is None:
+        if before is None:  # the page with its server's account: one statement
             rows = conn.execute(_PAGE, {"name": name, "limit": limit}).all()
+            owner = rows[0].owner if rows else self._owner(conn, name)  # no row: is there such a server?
+            if owner != alias:
+                raise NotFound(f"server {server} not found")
         else:
+            if self._owner(conn, name) != alias:
+                raise NotFound(f"server {server} not found")
             cursor = conn.execute(_CURSOR, {"id": naming.check_execution_id(before)}).first()
             if cursor is None or cursor.server_name != name:
                 raise NotFound(f"execution {before} not found")
@@ -611,6 +639,11 @@ class PatchService:
             for init in conn.execute(_INITIATIONS, {"ids": list(inits)}):
                 inits[init.execution_id].append(init)
         return list(rows), inits, cached
+
+    @staticmethod
+    def _owner(conn: Any, name: str) -> str | None:
+        """The account of server `name`, None if there is no such server."""
+        return conn.execute(_SERVER, {"name": name}).scalar()
 
     def _detail_row(self, conn: Any, alias: str, server: str, execution_id: str) -> Any:
         """The server and the execution in one statement (servers LEFT JOIN executions), with the same

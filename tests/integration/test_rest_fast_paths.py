@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter
 
 from orchestrator import auth, db
+from orchestrator import service as service_mod
 from schemas.patching import ExecutionDetail, ExecutionSummary
 from tests.integration.test_rest_api import World, server, world  # noqa: F401  (the fixture)
 
@@ -131,3 +132,57 @@ def test_pooled_connections_are_pinged_only_after_sitting_idle(pg: str) -> None:
     finally:
         busy.dispose()
         always.dispose()
+
+
+def test_answers_are_read_fresh_while_an_execution_runs_and_cached_once_it_ended(world: World) -> None:  # noqa: F811
+    jane = world.login()
+    answers = world.container.service.answers
+    answers.clear()
+    execution_id = str(world.execute([server(3)], jane)[0]["executionId"])
+    base = f"/rest/servers/osd/server/{server(3)}/patch"
+
+    def read() -> tuple[bytes, bytes, list[str]]:
+        (summary, detail), statements = _count(world, lambda: (
+            world.client.get(base, headers=jane), world.client.get(f"{base}/{execution_id}", headers=jane)))
+        assert summary.status_code == 200 and detail.status_code == 200
+        return summary.content, detail.content, statements
+
+    first = read()
+    world.container.engine.advance(execution_id)  # one step: still running, its answers change
+    second = read()
+    assert first[1] != second[1] and len(answers) == 0  # running: never cached
+    assert len(first[2]) == len(second[2]) == 4  # summary: page + cycles; detail: execution + patches
+    world.drive()
+    ended = read()
+    assert b'"status":"completed"' in ended[0] and ended[1] != second[1] and len(answers) == 2
+    hits = answers.hits
+    again = read()
+    assert again[:2] == ended[:2] and answers.hits == hits + 2
+    assert len(again[2]) == 2  # from the cache: the page alone, the execution row alone
+
+    # the cached bytes are exactly the models' JSON, the same as a fresh read gives
+    service = world.container.service
+    assert again[0] == TypeAdapter(list[ExecutionSummary]).dump_json(service.history("OSD", server(3)), by_alias=True)
+    assert again[1] == TypeAdapter(ExecutionDetail).dump_json(service.detail("OSD", server(3), execution_id),
+                                                              by_alias=True)
+
+    # a write that reached an ended row would bump its version: a new key, a fresh answer
+    with world.container.db_engine.begin() as conn:
+        conn.execute(sa.text("UPDATE executions SET end_message = 'changed', version = version + 1 WHERE id = :id"),
+                     {"id": execution_id})
+    changed = read()
+    assert b'"end_message":"changed"' in changed[1] and len(changed[2]) == 4  # both read fresh
+
+
+def test_the_answer_cache_is_bounded_least_recently_used_first() -> None:
+    cache = service_mod.AnswerCache(max_bytes=100)
+    cache.put(("summary", "A"), b"a" * 40)
+    cache.put(("summary", "B"), b"b" * 40)
+    assert cache.get(("summary", "A")) == b"a" * 40  # A is now the most recently used
+    cache.put(("summary", "C"), b"c" * 40)  # over 100 bytes: B goes
+    assert cache.get(("summary", "B")) is None and len(cache) == 2 and cache.size == 80
+    cache.put(("detail", "D"), b"d" * 101)  # larger than the whole cache: not kept
+    assert cache.get(("detail", "D")) is None and cache.size == 80
+    for n in range(1000):
+        cache.put(("summary", str(n)), b"x" * 30)
+    assert cache.size <= 100 and len(cache) == 3
