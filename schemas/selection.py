@@ -26,7 +26,7 @@ still narrow `includeKbs` as they always have.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -79,6 +79,20 @@ class RebootPolicy(StrEnum):
     ALWAYS = "always"  # also reboot once at the end, even if nothing asked for it
 
 
+def _each(value: object, normalize: Callable[[str], str], valid: Callable[[str], bool],
+          refusal: Callable[[list[str]], str]) -> object:
+    """A list parameter (a list, or a comma-separated string as CLC's parameters were): each item stripped and
+    normalized, all of them valid, or a ValueError naming the invalid ones. Anything else is left to pydantic."""
+    value = _split(value)
+    if isinstance(value, Iterable) and not isinstance(value, str):
+        items = tuple(normalize(str(item).strip()) for item in value)
+        bad = [item for item in items if not valid(item)]
+        if bad:
+            raise ValueError(refusal(bad))
+        return items
+    return value
+
+
 def _split(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -108,29 +122,15 @@ class PatchSelection(BaseModel):
     @field_validator("include_kbs", "exclude_kbs", mode="before")
     @classmethod
     def _kbs(cls, value: object) -> object:
-        value = _split(value)
-        if isinstance(value, Iterable) and not isinstance(value, str):
-            kbs = tuple(str(kb).strip().upper() for kb in value)
-            bad = [kb for kb in kbs if not KB_RE.match(kb)]
-            if bad:
-                raise ValueError(f"not KB numbers (KB followed by 6 to 8 digits): {', '.join(bad)}")
-            return kbs
-        return value
+        return _each(value, lambda kb: kb.upper(), lambda kb: bool(KB_RE.match(kb)),
+                     lambda bad: f"not KB numbers (KB followed by 6 to 8 digits): {', '.join(bad)}")
 
     @field_validator("package_exclusions", mode="before")
     @classmethod
     def _package_exclusions(cls, value: object) -> object:
-        value = _split(value)
-        if isinstance(value, Iterable) and not isinstance(value, str):
-            globs = tuple(str(glob).strip() for glob in value)
-            bad = [glob for glob in globs if not SAFE_GLOB.match(glob)]
-            if bad:
-                raise ValueError(
-                    f"not safe package globs (letters, digits and *?[]+._~@- only, 1 to 100 characters): "
-                    f"{', '.join(repr(glob) for glob in bad)}"
-                )
-            return globs
-        return value
+        return _each(value, lambda glob: glob, lambda glob: bool(SAFE_GLOB.match(glob)),
+                     lambda bad: "not safe package globs (letters, digits and *?[]+._~@- only, 1 to 100 "
+                                 f"characters): {', '.join(repr(glob) for glob in bad)}")
 
     @field_validator("classifications", mode="before")
     @classmethod
@@ -152,18 +152,13 @@ class PatchSelection(BaseModel):
     @field_validator("severities", mode="before")
     @classmethod
     def _severities(cls, value: object) -> object:
-        value = _split(value)
-        if isinstance(value, Iterable) and not isinstance(value, str):
-            names = [str(name).strip() for name in value]
-            known = {severity.value.lower(): severity for severity in MsrcSeverity}
-            bad = [name for name in names if name.lower() not in known]
-            if bad:
-                raise ValueError(
-                    f"not MSRC severities ({', '.join(s.value for s in MsrcSeverity)}): "
-                    f"{', '.join(repr(name) for name in bad)}"
-                )
+        known = {severity.value.lower(): severity for severity in MsrcSeverity}
+        names = _each(value, lambda name: name, lambda name: name.lower() in known,
+                      lambda bad: f"not MSRC severities ({', '.join(s.value for s in MsrcSeverity)}): "
+                                  f"{', '.join(repr(name) for name in bad)}")
+        if isinstance(names, tuple):
             return tuple(dict.fromkeys(known[name.lower()] for name in names))
-        return value
+        return names
 
     def admits(
         self,
