@@ -55,11 +55,13 @@ class _NoDispatch:
 def seed(url: str, executions: int, patches: int) -> str:
     """The account, a user, a server with `executions` ended executions (3 cycles each) and an execution
     with `patches` patches; returns that execution's id."""
-    from orchestrator import db, inventory, machine, models, packages
-    from orchestrator.service import PatchService
+    from orchestrator.domain import machine, packages
+    from orchestrator.persistence import db, models
+    from orchestrator.services import inventory
+    from orchestrator.services.patching import PatchService
     from orchestrator.settings import DEFAULT_PACKAGE_ID
     from schemas.patching import PackageRequest
-    from workers.fleet import catalog
+    from simulation import catalog
 
     engine = db.create_engine_for(url)
     sessions = db.session_factory(engine)
@@ -121,7 +123,7 @@ def seed(url: str, executions: int, patches: int) -> str:
         conn.execute(sa.insert(models.Patch.__table__), patch_rows)
     with engine.connect() as conn:  # statistics as autovacuum would have them
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
-    from orchestrator import auth
+    from orchestrator.services import auth
 
     service_auth = auth.AuthService(sessions, db.utcnow, timedelta(days=1))
     service_auth.create_user(USER, ALIAS, ["AccountAdmin"], PASSWORD)
@@ -130,7 +132,8 @@ def seed(url: str, executions: int, patches: int) -> str:
 
 
 def token(url: str) -> str:
-    from orchestrator import auth, db
+    from orchestrator.persistence import db
+    from orchestrator.services import auth
 
     engine = db.create_engine_for(url)
     login = auth.AuthService(db.session_factory(engine), db.utcnow, timedelta(days=1)).login(USER, PASSWORD)
@@ -142,7 +145,7 @@ def build_app() -> Any:
     """The app served by uvicorn (`--factory`): settings from PATCHAAS_*, nothing dispatched, plus the
     trivial `/bench/ping`."""
     from orchestrator import bootstrap
-    from orchestrator.rest import create_app
+    from orchestrator.entrypoints.rest import create_app
     from orchestrator.settings import Settings
 
     container = bootstrap.build(Settings(), dispatcher=_NoDispatch())
@@ -226,7 +229,7 @@ def statements_per_request(url: str, detail_id: str, bearer: str, repeat: int) -
     from fastapi.testclient import TestClient
 
     from orchestrator import bootstrap
-    from orchestrator.rest import create_app
+    from orchestrator.entrypoints.rest import create_app
     from orchestrator.settings import Settings
 
     container = bootstrap.build(Settings(database_url=url, broker_url="memory://"), dispatcher=_NoDispatch())
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         client = "wrk" if common.tool("wrk") else "httpx"
     info = common.machine(args.pg_admin_url, None)
     logdir = Path(tempfile.mkdtemp(prefix="patchaas-bench-api-"))
-    from orchestrator.mailsink import free_port
+    from simulation.mailsink import free_port
 
     with common.bench_database(args.pg_admin_url, "api", args.keep_db) as url:
         detail_id = seed(url, args.size, args.patches)

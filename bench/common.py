@@ -82,7 +82,7 @@ def bench_database(admin_url: str, label: str, keep: bool = False, migrate: bool
     url = database_url(admin_url, name)
     try:
         if migrate:
-            from orchestrator import migrate as migrate_mod
+            from orchestrator.persistence import migrate as migrate_mod
 
             migrate_mod.upgrade(url)
         yield url

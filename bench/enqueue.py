@@ -45,8 +45,10 @@ class NoDispatch:
 
 def install(url: str, servers: int) -> None:
     """Account OSD; a root group with 4 subgroups (one nested once more); `servers` servers spread over them."""
-    from orchestrator import db, inventory
-    from workers.fleet import catalog, simulated
+    from orchestrator.persistence import db
+    from orchestrator.services import inventory
+    from simulation import catalog
+    from simulation.specs import server_name
 
     engine = db.create_engine_for(url)
     groups = [ROOT_GROUP, "va1-0002", "va1-0003", "va1-0004", "va1-0005", "va1-0006"]
@@ -58,7 +60,7 @@ def install(url: str, servers: int) -> None:
         inventory.ensure_group(session, ALIAS, groups[5], "nested", groups[4])
         inventory.register_servers(
             session, ALIAS,
-            (inventory.ServerSpec(simulated.server_name("VA1", ALIAS, "PATCH", i + 1),
+            (inventory.ServerSpec(server_name("VA1", ALIAS, "PATCH", i + 1),
                                   catalog.WINDOWS_2012R2 if i % 2 else catalog.WINDOWS_2012,
                                   "started", groups[i % len(groups)])
              for i in range(servers)),
@@ -68,8 +70,8 @@ def install(url: str, servers: int) -> None:
 
 def group_action(engine: sa.Engine, servers: int, bulk_from: int, profile: str | None) -> dict[str, Any]:
     """One timed group action on every server; the service accepts in bulk from `bulk_from` servers."""
-    from orchestrator import db
-    from orchestrator.service import PatchService
+    from orchestrator.persistence import db
+    from orchestrator.services.patching import PatchService
     from orchestrator.settings import DEFAULT_PACKAGE_ID
     from schemas.patching import PackageRequest
 
@@ -115,7 +117,7 @@ def _empty(engine: sa.Engine) -> None:
 
 
 def run(url: str, servers: int, profile: str | None, one_by_one: bool) -> dict[str, Any]:
-    from orchestrator import db, models
+    from orchestrator.persistence import db, models
 
     install(url, servers)
     engine = db.create_engine_for(url)
@@ -127,7 +129,7 @@ def run(url: str, servers: int, profile: str | None, one_by_one: bool) -> dict[s
         outbox_rows = [{k: v for k, v in r._asdict().items() if k != "id"} for r in conn.execute(sa.select(outbox))]
     _empty(engine)
     before = None
-    if one_by_one:  # the same action through the one-server-at-a-time path (before orchestrator/bulk.py)
+    if one_by_one:  # the same action through the one-server-at-a-time path (before orchestrator/services/bulk.py)
         before = group_action(engine, servers, 10**9, None)
         _empty(engine)
     # the baseline: the same rows, one multi-row INSERT per table, one transaction
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0], size=10_000, tiny=20)
     p.add_argument("--profile", metavar="FILE", help="write a pyinstrument profile of the group action to FILE")
     p.add_argument("--skip-one-by-one", action="store_true",
-                   help="do not also time the one-server-at-a-time path (the service before orchestrator/bulk.py)")
+                   help="do not also time the one-server-at-a-time path (the service before orchestrator/services/bulk.py)")
     args = common.parse(p, argv)
     info = common.machine(args.pg_admin_url, args.redis_url)
     with common.bench_database(args.pg_admin_url, "enqueue", args.keep_db) as url:
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     before = result["one_by_one"]
     if before:
-        rows.append(["the same, one server at a time (the service before orchestrator/bulk.py)",
+        rows.append(["the same, one server at a time (the service before orchestrator/services/bulk.py)",
                      f"{before['queued']} executions + {before['queued']} emails", before["seconds"],
                      before["per_second"], f"{before['seconds'] / base:.1f}×" if base else "n/a",
                      before["statements"]])

@@ -59,15 +59,16 @@ CREATE TRIGGER bench_claims BEFORE UPDATE ON executions FOR EACH ROW EXECUTE FUN
 
 
 def server_names(count: int, start: int = 1) -> list[str]:
-    from workers.fleet import simulated
+    from simulation.specs import server_name
 
-    return [simulated.server_name("VA1", ALIAS, "PATCH", i) for i in range(start, start + count)]
+    return [server_name("VA1", ALIAS, "PATCH", i) for i in range(start, start + count)]
 
 
 def register(url: str, names: list[str]) -> None:
     """The servers in the inventory."""
-    from orchestrator import db, inventory
-    from workers.fleet import catalog
+    from orchestrator.persistence import db
+    from orchestrator.services import inventory
+    from simulation import catalog
 
     engine = db.create_engine_for(url)
     with db.session_factory(engine).begin() as session:
@@ -82,15 +83,18 @@ def simulate(sim_url: str, names: list[str], back_from: float, come_back: float,
     """The simulated servers: rebooting, back at a random moment of [back_from, back_from + come_back]
     (wall-clock seconds), in maintenance mode, nothing left to install."""
     from schemas.fleet import PowerState
-    from workers.fleet import catalog, simulated
+    from simulation import catalog
+    from simulation.server_state import ServerState
+    from simulation.specs import Scenario, SimServerSpec
+    from simulation.store import SqlStore
 
     rng = random.Random(SEED + len(names))
-    store = simulated.SqlStore(sim_url)
+    store = SqlStore(sim_url)
     servers = []
     for name in names:
-        spec = simulated.SimServerSpec(name, catalog.WINDOWS_2012R2, PowerState.STARTED, simulated.Scenario.UP_TO_DATE)
-        state = simulated._ServerState(seed=SEED, power_state=PowerState.STARTED, in_maintenance=True, boots=1,
-                                       booting_until=back_from + rng.uniform(0.0, come_back))
+        spec = SimServerSpec(name, catalog.WINDOWS_2012R2, PowerState.STARTED, Scenario.UP_TO_DATE)
+        state = ServerState(seed=SEED, power_state=PowerState.STARTED, in_maintenance=True, boots=1,
+                            booting_until=back_from + rng.uniform(0.0, come_back))
         servers.append((name, spec.to_doc(), state.to_doc()))
     store.install(servers, reset=reset)
     store.dispose()
@@ -98,8 +102,9 @@ def simulate(sim_url: str, names: list[str], back_from: float, come_back: float,
 
 def waiting_executions(url: str, names: list[str], spread: float, start_in: float = 0.0) -> list[str]:
     """One execution per server in `awaiting_boot`, due over `spread` seconds from `start_in` s on; ids."""
-    from orchestrator import db, machine, models, packages
-    from orchestrator.service import PatchService
+    from orchestrator.domain import machine, packages
+    from orchestrator.persistence import db, models
+    from orchestrator.services.patching import PatchService
     from orchestrator.settings import DEFAULT_PACKAGE_ID
     from schemas.patching import PackageRequest
 
@@ -152,9 +157,9 @@ def lags(url: str, ids: set[str]) -> dict[str, Any]:
 
 def run_fleet(args: Any, url: str, sim_url: str, logdir: Path, names: list[str], extra_env: dict[str, str]
               ) -> dict[str, Any]:
-    from orchestrator import models
-    from orchestrator.mailsink import MailSink
+    from orchestrator.persistence import models
     from orchestrator.settings import Settings
+    from simulation.mailsink import MailSink
     from workers.app import create_app
 
     common.flush_redis(args.redis_url)
@@ -215,7 +220,8 @@ class _Dispatch:
 def statements_per_step(args: Any, url: str, sim_url: str, count: int) -> dict[str, Any]:
     """In-process: `count` more waiting executions, run to their end one step per call, then (another
     `count`) in batches; statements per step on the orchestrator's database and on the fleet's."""
-    from orchestrator import batch, bootstrap
+    from orchestrator import bootstrap
+    from orchestrator.engine import config, rounds
     from orchestrator.settings import Settings
 
     out: dict[str, Any] = {}
@@ -238,8 +244,8 @@ def statements_per_step(args: Any, url: str, sim_url: str, count: int) -> dict[s
         steps = 0
         t0 = time.perf_counter()
         if label == "batches":
-            for i in range(0, len(ids), batch.DEFAULT_SIZE):
-                steps += batch.run(container.engine, ids[i:i + batch.DEFAULT_SIZE]).steps
+            for i in range(0, len(ids), config.DEFAULT_BATCH_SIZE):
+                steps += rounds.run(container.engine, ids[i:i + config.DEFAULT_BATCH_SIZE]).steps
         else:
             queue = list(ids)
             while queue:
@@ -263,7 +269,8 @@ def statements_per_step(args: Any, url: str, sim_url: str, count: int) -> dict[s
 
 def tick_plan(url: str, tick_batch: int) -> str:
     """EXPLAIN ANALYZE of the tick's due query on the whole table, made due (rolled back)."""
-    from orchestrator import db, executions
+    from orchestrator.engine import executions
+    from orchestrator.persistence import db
 
     engine = db.create_engine_for(url)
     with engine.connect() as conn:

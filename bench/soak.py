@@ -11,7 +11,7 @@ go to an SMTP server on loopback. Workers, beat and the fault schedule:
   costs when nothing goes wrong and what a step's delay normally is;
 - then the soak run: `--workers` workers of `--concurrency` pool processes and one beat; every 6-12 s a
   random worker is SIGKILLed and restarted, or one of its pool processes is SIGKILLed (its message is
-  then delivered again); crash hooks (orchestrator/faults.py) kill processes at random after the intent,
+  then delivered again); crash hooks (simulation/faults.py) kill processes at random after the intent,
   after the effect, after the commit and after an SMTP send, plus once in both windows of every kind of
   step and one poison step that crashes every time (the reaper must fail it); the control plane fails
   2 % of calls; Redis is SIGKILLed and restarted empty, PostgreSQL crash-stopped and restarted, beat
@@ -51,10 +51,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator import faults, migrate, models  # noqa: E402
-from orchestrator.api import Patchaas  # noqa: E402
-from orchestrator.mailsink import MailSink  # noqa: E402
+from orchestrator.entrypoints.api import Patchaas  # noqa: E402
+from orchestrator.persistence import migrate, models  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
+from simulation import faults  # noqa: E402
+from simulation.mailsink import MailSink  # noqa: E402
+from simulation.specs import Scenario, SimServerSpec, build_fleet_specs  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     Cluster,
     PostgresServer,
@@ -64,8 +66,6 @@ from tests.e2e.harness import (  # noqa: E402
     pool_children,
 )
 from workers import app as app_mod  # noqa: E402
-from workers.fleet import simulated  # noqa: E402
-from workers.fleet.simulated import Scenario  # noqa: E402
 
 SOAK_ENV = {
     "PATCHAAS_SIM_TIMINGS": "soak",  # reboot 3 s, package cycle 2 s, power-on 2 s
@@ -220,7 +220,7 @@ def leased_by(url: str, pids: list[int], in_flight: bool = False) -> dict[str, t
 # --- one run ---------------------------------------------------------------------------------------------------
 
 
-def plan_for(specs: list[simulated.SimServerSpec]) -> dict[str, str]:
+def plan_for(specs: list[SimServerSpec]) -> dict[str, str]:
     plan: dict[str, str] = {s.name: s.scenario for s in specs if s.scenario is not Scenario.UNSUPPORTED_OS}
     poison = next(s.name for s in reversed(specs) if s.scenario is Scenario.NORMAL)
     plan[poison] = POISON
@@ -247,7 +247,7 @@ def crash_rules(plan: dict[str, str], ids: dict[str, str]) -> str:
 
 
 def run_once(label: str, url: str, redis: RedisServer, pg: PostgresServer, sink: MailSink,
-             specs: list[simulated.SimServerSpec], args: argparse.Namespace, workdir: Path,
+             specs: list[SimServerSpec], args: argparse.Namespace, workdir: Path,
              schedule: dict[str, float] | None) -> tuple[Run, dict[str, Any]]:
     """Patch the fleet; with `schedule` (fault name -> seconds after the start), inject every fault."""
     rng = random.Random(args.seed)
@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.chmod(0o755)  # the postgres user must reach its data directory inside
     pg = PostgresServer(workdir / "pg")
     redis = RedisServer(workdir / "redis")
-    specs = simulated.build_fleet_specs(args.seed, args.servers)
+    specs = build_fleet_specs(args.seed, args.servers)
     print(f"soak: {args.servers} servers ({dict(Counter(s.scenario.value for s in specs))}), "
           f"{args.workers} workers x {args.concurrency} processes; {machine()}; work dir {workdir}", flush=True)
     try:

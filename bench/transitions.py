@@ -39,11 +39,14 @@ GROUP = "va1-0001"
 
 def install(url: str, sim_url: str, servers: int) -> None:
     """The simulated fleet (in `sim_url`, its own database) and the inventory (in `url`)."""
-    from orchestrator import db, inventory
-    from workers.fleet import simulated
+    from orchestrator.persistence import db
+    from orchestrator.services import inventory
+    from simulation import fleet as simulated
+    from simulation.specs import Scenario, build_fleet_specs
+    from simulation.store import SqlStore
 
-    specs = simulated.build_fleet_specs(SEED, servers, scenarios={simulated.Scenario.NORMAL: servers})
-    store = simulated.SqlStore(sim_url)
+    specs = build_fleet_specs(SEED, servers, scenarios={Scenario.NORMAL: servers})
+    store = SqlStore(sim_url)
     simulated.SimulatedFleet.create(specs, store, simulated.SimTimings.instant(), seed=SEED, reset=True)
     store.dispose()
     engine = db.create_engine_for(url)
@@ -69,9 +72,10 @@ def commits(admin_url: str, dbname: str) -> int:
 
 def run_patchaas(args: Any, url: str, sim_url: str, logdir: Path, extra_env: dict[str, str]) -> dict[str, Any]:
     """The product: a group action on every server, to the end."""
-    from orchestrator import bootstrap, models
-    from orchestrator.mailsink import MailSink
+    from orchestrator import bootstrap
+    from orchestrator.persistence import models
     from orchestrator.settings import Settings
+    from simulation.mailsink import MailSink
     from workers.app import create_app
     from workers.dispatch import CeleryDispatcher
 

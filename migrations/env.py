@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from orchestrator.db import create_engine_for
-from orchestrator.models import Base
+from orchestrator.persistence.db import create_engine_for
+from orchestrator.persistence.models import Base
 from orchestrator.settings import Settings
 
 config = context.config

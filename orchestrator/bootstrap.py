@@ -9,11 +9,15 @@ from datetime import datetime, timedelta
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import db, faults, notifications
-from orchestrator.engine import Dispatcher, Engine, EngineConfig, Hooks
-from orchestrator.fleet import Fleet
-from orchestrator.service import PatchService
+from orchestrator import ports
+from orchestrator.engine.config import EngineConfig
+from orchestrator.engine.engine import Engine
+from orchestrator.persistence import db
+from orchestrator.ports import Dispatcher, Fleet, Hooks
+from orchestrator.services.patching import PatchService
 from orchestrator.settings import Settings
+from simulation import faults
+from workers import mail
 
 
 class Container:
@@ -25,7 +29,7 @@ class Container:
         settings: Settings,
         db_engine: SqlEngine,
         sessions: sessionmaker[Session],
-        mailer: notifications.Mailer,
+        mailer: ports.Mailer,
         service: PatchService,
         make_engine: Callable[[], tuple[Fleet, Engine]],
     ) -> None:
@@ -102,18 +106,18 @@ def build_fleet(settings: Settings) -> Fleet:
     )
 
 
-def build_mailer(settings: Settings) -> notifications.Mailer:
+def build_mailer(settings: Settings) -> ports.Mailer:
     """SMTP when configured; otherwise emails stay queued with a clear reason."""
     if settings.smtp_url:
-        return notifications.SmtpMailer(settings.smtp_url)
-    return notifications.UnconfiguredMailer()
+        return mail.SmtpMailer(settings.smtp_url)
+    return mail.UnconfiguredMailer()
 
 
 def build(
     settings: Settings,
     dispatcher: Dispatcher,
     fleet: Fleet | None = None,
-    mailer: notifications.Mailer | None = None,
+    mailer: ports.Mailer | None = None,
     clock: Callable[[], datetime] = db.utcnow,
     hooks: Hooks | None = None,
 ) -> Container:
@@ -125,7 +129,7 @@ def build(
     def make_engine() -> tuple[Fleet, Engine]:
         driver = fleet if fleet is not None else build_fleet(settings)
         if settings.report_base_url:  # offer the report channel; read recorded reports before polling
-            from orchestrator import reports
+            from orchestrator.services import reports
 
             driver = reports.ReportingFleet(driver, reports.ReportChannel(sessions, clock), settings.report_base_url)
         crash_hooks = hooks if hooks is not None else faults.hooks_from_settings(settings)  # chaos tests only

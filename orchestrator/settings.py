@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.machine import Policy
+from orchestrator.domain.machine import Policy
 
 DEFAULT_PACKAGE_ID = "94bd395f-9b54-4693-94ae-4f3aa93fc239"
 
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     tick_seconds: float = Field(default=5.0, description="beat: how often due executions are claimed")
     tick_batch: int = 500
     short_countdown_seconds: float = Field(default=5.0, description="waits up to this use a task countdown")
-    # batches and timers (orchestrator/batch.py; docs/ARCHITECTURE.md, "Batches and timers")
+    # batches and timers (orchestrator/engine/rounds.py; docs/ARCHITECTURE.md, "Batches and timers")
     batch_size: int = Field(default=100, ge=1, description="executions per batch message at most")
     batch_spread: int = Field(
         default=8, ge=1, description="an immediate hand-off is split into at least this many messages"
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     )
 
     crash_points: str | None = Field(
-        default=None, description="chaos tests only: where workers kill themselves (see orchestrator/faults.py)"
+        default=None, description="chaos tests only: where workers kill themselves (see simulation/faults.py)"
     )
     crash_seed: int = 0
     crash_state_dir: str | None = Field(

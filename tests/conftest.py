@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import migrate, models
-from orchestrator.mailsink import MailSink
+from orchestrator.persistence import migrate, models
+from simulation.mailsink import MailSink
 
 PG_ADMIN_URL = os.environ.get("PATCHAAS_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PATCHAAS_TEST_REDIS", "redis://127.0.0.1:6379")

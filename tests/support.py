@@ -11,10 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from orchestrator import bootstrap, db, inventory, models, notifications
+from orchestrator import bootstrap, ports
 from orchestrator.bootstrap import Container
+from orchestrator.persistence import db, models
+from orchestrator.services import inventory
 from orchestrator.settings import Settings
-from workers.fleet import simulated
+from simulation import fleet as simulated
+from simulation.specs import SimServerSpec
+from workers import mail
 
 ALIAS = "OSD"
 
@@ -68,13 +72,13 @@ def test_settings(database_url: str, **overrides: object) -> Settings:
 
 def make_container(
     settings: Settings, fleet: simulated.SimulatedFleet, clock: FakeClock, dispatcher: ListDispatcher,
-    mailer: notifications.Mailer | None = None,
+    mailer: ports.Mailer | None = None,
 ) -> Container:
-    return bootstrap.build(settings, dispatcher=dispatcher, fleet=fleet, mailer=mailer or notifications.MemoryMailer(),
+    return bootstrap.build(settings, dispatcher=dispatcher, fleet=fleet, mailer=mailer or mail.MemoryMailer(),
                            clock=clock)
 
 
-def register(container: Container, specs: Sequence[simulated.SimServerSpec], group: str = "va1-0001") -> None:
+def register(container: Container, specs: Sequence[SimServerSpec], group: str = "va1-0001") -> None:
     """Account OSD, one group, the specs as servers."""
     with container.sessions.begin() as session:
         inventory.ensure_account(session, ALIAS, "OSD", "VA1", "ops@osd.example", db.utcnow())

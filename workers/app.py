@@ -16,21 +16,25 @@ from kombu import Queue
 from sqlalchemy.exc import OperationalError
 
 from orchestrator.settings import Settings
+from workers.dispatch import CeleryDispatcher
+from workers.queues import (
+    ADVANCE,
+    ADVANCE_BATCH,
+    DELIVER_BATCH,
+    DELIVER_EMAIL,
+    QUEUE,
+    ROLLOUTS,
+    TICK,
+    TIMERS_QUEUE,
+    WINDOWS,
+)
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import Container
 
 log = logging.getLogger(__name__)
 
-ADVANCE = "patchaas.advance"
-ADVANCE_BATCH = "patchaas.advance_batch"
-DELIVER_BATCH = "patchaas.deliver_batch"
-TICK = "patchaas.tick"
-DELIVER_EMAIL = "patchaas.deliver_email"
-ROLLOUTS = "patchaas.rollouts"  # the rollout gate: release held executions, stop at the error threshold
-WINDOWS = "patchaas.windows"  # start each open patch-window occurrence once
-QUEUE = "patchaas"  # steps and emails
-TIMERS_QUEUE = "patchaas.timers"  # beat's periodic tasks: a backlog of steps never holds the tick back
+# the task names and queues live in workers/queues.py
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -93,10 +97,10 @@ def create_app(settings: Settings, container: Callable[[], Container] | None = N
 
     @app.task(name=ADVANCE_BATCH, shared=False, **retry_db)
     def advance_batch(execution_ids: list[str]) -> str:
-        """Run the due steps of many executions in rounds that share their transactions (orchestrator/batch.py)."""
-        from orchestrator import batch
+        """Run the due steps of many executions in rounds that share their transactions (orchestrator/engine/rounds.py)."""
+        from orchestrator.engine import rounds
 
-        return batch.run(holder.get().engine, execution_ids).summary()
+        return rounds.run(holder.get().engine, execution_ids).summary()
 
     @app.task(name=TICK, shared=False)
     def tick() -> str:
@@ -117,17 +121,17 @@ def create_app(settings: Settings, container: Callable[[], Container] | None = N
 
     @app.task(name=DELIVER_BATCH, shared=False, **retry_db)
     def deliver_batch(outbox_ids: list[int]) -> str:
-        """Send many emails of the outbox: one transaction claims them, one marks them (orchestrator/batch.py)."""
-        from orchestrator import batch
+        """Send many emails of the outbox: one transaction claims them, one marks them (orchestrator/engine/rounds.py)."""
+        from orchestrator.engine import handoff
 
-        deliveries = batch.deliver_many(holder.get().engine, outbox_ids)
+        deliveries = handoff.deliver_many(holder.get().engine, outbox_ids)
         return f"{sum(d.sent for d in deliveries)} of {len(outbox_ids)} sent"
 
     @app.task(name=ROLLOUTS, shared=False)
     def rollouts_gate() -> str:
         """Release held executions of rate-controlled rollouts up to their concurrency; skip the rest once
-        the error threshold is crossed (orchestrator/rollouts.py). Not retried: the next tick comes anyway."""
-        from orchestrator.rollouts import RolloutGate
+        the error threshold is crossed (orchestrator/services/rollouts.py). Not retried: the next tick comes anyway."""
+        from orchestrator.services.rollouts import RolloutGate
 
         try:
             return RolloutGate.of(holder.get().service).run().summary()
@@ -138,8 +142,8 @@ def create_app(settings: Settings, container: Callable[[], Container] | None = N
     @app.task(name=WINDOWS, shared=False)
     def windows_start() -> str:
         """Start the patch-window occurrences that are open and not started yet (once each, whatever
-        repeats: a unique key per occurrence; orchestrator/windows.py)."""
-        from orchestrator.windows import WindowService
+        repeats: a unique key per occurrence; orchestrator/services/windows.py)."""
+        from orchestrator.services.windows import WindowService
 
         try:
             started = WindowService(holder.get().service).start_due()
@@ -170,7 +174,6 @@ class _ContainerHolder:
                         self._container = self.factory()
                     else:
                         from orchestrator import bootstrap
-                        from workers.dispatch import CeleryDispatcher
 
                         self._container = bootstrap.build(self.settings, dispatcher=CeleryDispatcher(self.app))
         return self._container

@@ -15,7 +15,7 @@ import time
 from celery import Celery
 from tenacity import Retrying, stop_after_attempt, stop_after_delay, wait_exponential
 
-from workers import app as app_mod
+from workers import queues
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +31,18 @@ class CeleryDispatcher:
         self._lock = threading.Lock()
 
     def advance(self, execution_id: str, delay: float) -> None:
-        self._send(app_mod.ADVANCE, execution_id, delay)
+        self._send(queues.ADVANCE, execution_id, delay)
 
     def advance_many(self, execution_ids: list[str], delay: float = 0.0) -> None:
         """One message for many executions: a batch task runs their due steps in shared transactions."""
-        self._send(app_mod.ADVANCE_BATCH, list(execution_ids), delay)
+        self._send(queues.ADVANCE_BATCH, list(execution_ids), delay)
 
     def deliver_many(self, outbox_ids: list[int]) -> None:
         """One message for many emails: a batch task claims and marks them in shared transactions."""
-        self._send(app_mod.DELIVER_BATCH, list(outbox_ids), 0.0)
+        self._send(queues.DELIVER_BATCH, list(outbox_ids), 0.0)
 
     def deliver(self, outbox_id: int) -> None:
-        self._send(app_mod.DELIVER_EMAIL, outbox_id, 0.0)
+        self._send(queues.DELIVER_EMAIL, outbox_id, 0.0)
 
     def _send(self, task: str, arg: object, delay: float) -> None:
         down = time.monotonic() < self._down_until

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from celery import beat
 from celery.contrib.testing.worker import start_worker
 
-from orchestrator import bootstrap, migrate, notifications
+from orchestrator import bootstrap, ports
 from orchestrator.bootstrap import Container
-from orchestrator.engine import Hooks
-from orchestrator.fleet import Fleet
+from orchestrator.persistence import migrate
+from orchestrator.ports import Fleet, Hooks
 from orchestrator.settings import Settings
 from workers.app import create_app
 from workers.dispatch import CeleryDispatcher
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def embedded(
     settings: Settings,
     fleet: Fleet | None = None,
-    mailer: notifications.Mailer | None = None,
+    mailer: ports.Mailer | None = None,
     concurrency: int = 4,
     hooks: Hooks | None = None,
 ) -> Iterator[Container]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.mailsink import MailSink
+from simulation.mailsink import MailSink
 from tests.e2e.harness import Cluster
 
 

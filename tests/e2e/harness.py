@@ -19,9 +19,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator import db, inventory, models
-from orchestrator.mailsink import MailSink
-from workers.fleet import simulated
+from orchestrator.persistence import db, models
+from orchestrator.services import inventory
+from simulation import fleet as simulated
+from simulation.mailsink import MailSink
+from simulation.records import Effect
+from simulation.specs import SimServerSpec
+from simulation.store import SqlStore
 
 ROOT = Path(__file__).resolve().parents[2]
 PATCHAAS = str(Path(sys.executable).parent / "patchaas")
@@ -103,10 +107,10 @@ class Cluster:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def install_fleet(database_url: str, specs: list[simulated.SimServerSpec], alias: str = "OSD",
+def install_fleet(database_url: str, specs: list[SimServerSpec], alias: str = "OSD",
                   email: str = "ops@osd.example", seed: int = 7) -> simulated.SimulatedFleet:
     """Write the simulated fleet into PostgreSQL (shared with the workers) and register its servers."""
-    fleet = simulated.SimulatedFleet.create(specs, simulated.SqlStore(database_url), simulated.SimTimings.instant(),
+    fleet = simulated.SimulatedFleet.create(specs, SqlStore(database_url), simulated.SimTimings.instant(),
                                             seed=seed, reset=True)
     engine = db.create_engine_for(database_url)
     with db.session_factory(engine).begin() as session:
@@ -363,7 +367,7 @@ def start_api(cluster: Cluster, name: str = "api") -> str:
     """Start `patchaas api` on a free loopback port, wait until it serves /openapi.json, return its base URL."""
     import urllib.request
 
-    from orchestrator.mailsink import free_port as free_tcp_port
+    from simulation.mailsink import free_port as free_tcp_port
 
     port = free_tcp_port()
     cluster.start(name, "api", "--port", str(port), "--log-level", "warning")
@@ -435,7 +439,7 @@ def check_invariants(database_url: str, fleet: simulated.SimulatedFleet, ids: Ma
                                          models.Patch.status)).all()
         outbox = conn.execute(sa.select(models.Outbox.execution_id, models.Outbox.kind, models.Outbox.sent_at)).all()
     engine.dispose()
-    effects: dict[str, list[simulated.Effect]] = defaultdict(list)
+    effects: dict[str, list[Effect]] = defaultdict(list)
     for effect in fleet.effects():
         effects[effect.server].append(effect)
     init_count = Counter((i.execution_id, i.cycle) for i in initiations)

@@ -45,12 +45,19 @@ import psycopg2
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import batch, bootstrap, faults, machine, migrate, models, notifications
-from orchestrator.api import Patchaas
-from orchestrator.fleet import FleetError
-from orchestrator.mailsink import MailSink
+from orchestrator import bootstrap
+from orchestrator.domain import machine
+from orchestrator.engine import rounds
+from orchestrator.entrypoints.api import Patchaas
+from orchestrator.persistence import migrate, models
+from orchestrator.ports import FleetError
 from orchestrator.settings import DEFAULT_PACKAGE_ID, Settings
 from schemas.patching import PackageRequest
+from simulation import faults
+from simulation import fleet as simulated
+from simulation.mailsink import MailSink
+from simulation.specs import Scenario, SimServerSpec, build_fleet_specs
+from simulation.store import MemoryStore
 from tests import support
 from tests.e2e.harness import (
     Cluster,
@@ -63,8 +70,7 @@ from tests.e2e.harness import (
     wait_until,
 )
 from workers import app as app_mod
-from workers.fleet import simulated
-from workers.fleet.simulated import Scenario
+from workers import mail
 
 SEED = int(os.environ.get("PATCHAAS_CHAOS_SEED", "20160607"))
 POISON = "poison"  # a NORMAL server whose package step crashes every time
@@ -148,7 +154,7 @@ class Ledger:
     wall: list[tuple[float, str]] = field(default_factory=list)
 
 
-def _plan(specs: list[simulated.SimServerSpec]) -> dict[str, str]:
+def _plan(specs: list[SimServerSpec]) -> dict[str, str]:
     """Server -> expectation key: its scenario, or POISON for one NORMAL server."""
     plan = {s.name: s.scenario for s in specs}
     poison = next(s.name for s in reversed(specs) if s.scenario is Scenario.NORMAL)
@@ -241,7 +247,7 @@ def test_runs_survive_kills_restarts_and_duplicates(services: Services, mail_sin
     rng = random.Random(SEED)
     db_url = services.database_url
     scenarios = {s: 2 for s in EXPECTED if s != POISON} | {Scenario.UP_TO_DATE: 1, Scenario.NORMAL: 9}
-    specs = simulated.build_fleet_specs(SEED % 1000, sum(scenarios.values()), scenarios=scenarios)
+    specs = build_fleet_specs(SEED % 1000, sum(scenarios.values()), scenarios=scenarios)
     plan = _plan(specs)
     fleet = install_fleet(db_url, specs)
     crash_dir = services.workdir / "crashes"
@@ -419,18 +425,18 @@ STEPS_WITH_EFFECTS = ("powering_on", "entering_maintenance", "invoking_package",
 def test_a_crash_in_every_window_of_every_step_changes_nothing(pg: str, mode: str) -> None:
     """Each execution dies once after the intent, once after the effect and once after the commit of every
     step it goes through, on a control plane that also fails 5 % of calls; emails die once after SMTP.
-    Steps run one per task, or in batches (orchestrator/batch.py), where one crash kills every step of the
+    Steps run one per task, or in batches (orchestrator/engine/rounds.py), where one crash kills every step of the
     batch: an execution whose step was interrupted must then run alone, or its neighbours' crashes would
     count against it until the reaper fails it. A fake clock and an in-memory fleet: seconds, no processes."""
     clock = support.FakeClock()
     scenarios = {s: 1 for s in EXPECTED if s != POISON} | {Scenario.NORMAL: 3}
-    specs = simulated.build_fleet_specs(5, sum(scenarios.values()), scenarios=scenarios)
+    specs = build_fleet_specs(5, sum(scenarios.values()), scenarios=scenarios)
     plan = _plan(specs)
     fleet = simulated.SimulatedFleet.create(
-        specs, simulated.MemoryStore(), simulated.SimTimings(reboot_seconds=30, package_seconds=20, power_seconds=10),
+        specs, MemoryStore(), simulated.SimTimings(reboot_seconds=30, package_seconds=20, power_seconds=10),
         seed=5, clock=clock.seconds, transient_error_rate=0.05)
     dispatcher = support.ListDispatcher()
-    mailer = notifications.MemoryMailer()
+    mailer = mail.MemoryMailer()
     hooks = faults.CrashHooks([], crash=_crash)
     # three crashes per step plus 5 % errors per call is far denser than life: allow more attempts per step
     settings = support.test_settings(pg, lease_seconds=10.0, email_hold_seconds=5.0, reboot_timeout_seconds=300.0,
@@ -463,7 +469,7 @@ def test_a_crash_in_every_window_of_every_step_changes_nothing(pg: str, mode: st
             if mode == "batch":  # everything due in one batch; what the batch hands back runs alone
                 due = list(dict.fromkeys(dispatcher.steps))
                 dispatcher.steps.clear()
-                attempt(lambda ids: batch.run(engine, ids), due)
+                attempt(lambda ids: rounds.run(engine, ids), due)
                 for execution_id in list(dict.fromkeys(dispatcher.steps)):
                     attempt(engine.advance, execution_id)
                 dispatcher.steps.clear()
@@ -503,8 +509,8 @@ def test_a_control_plane_error_after_the_intent_backs_off_instead_of_holding_the
     (It used to release from the version read at the claim, fail that compare-and-set, and keep the lease:
     five minutes of nothing in production, and a reaper reason without the error.)"""
     clock = support.FakeClock()
-    specs = simulated.build_fleet_specs(3, 1, scenarios={Scenario.NORMAL: 1})
-    fleet = simulated.SimulatedFleet.create(specs, simulated.MemoryStore(), clock=clock.seconds)
+    specs = build_fleet_specs(3, 1, scenarios={Scenario.NORMAL: 1})
+    fleet = simulated.SimulatedFleet.create(specs, MemoryStore(), clock=clock.seconds)
     calls: list[str] = []
     set_maintenance = fleet.set_maintenance
 
@@ -553,10 +559,10 @@ def test_a_database_blip_during_a_save_or_an_email_mark_is_ridden_out(pg: str) -
     database outage, instead of holding the lease until it expires (five minutes in production) or
     sending the email again after the hold."""
     clock = support.FakeClock()
-    specs = simulated.build_fleet_specs(3, 1, scenarios={Scenario.NORMAL: 1})
-    fleet = simulated.SimulatedFleet.create(specs, simulated.MemoryStore(), clock=clock.seconds)
+    specs = build_fleet_specs(3, 1, scenarios={Scenario.NORMAL: 1})
+    fleet = simulated.SimulatedFleet.create(specs, MemoryStore(), clock=clock.seconds)
     dispatcher = support.ListDispatcher()
-    mailer = notifications.MemoryMailer()
+    mailer = mail.MemoryMailer()
     container = support.make_container(support.test_settings(pg, lease_seconds=300.0), fleet, clock, dispatcher,
                                        mailer)
     support.register(container, specs)
@@ -587,8 +593,8 @@ def test_the_tick_spaces_out_re_sends_of_a_step_stuck_behind_a_backed_up_queue(p
     """A due step nobody claims is re-sent after `redrive`, then at doubling intervals up to 8 x redrive:
     when the queue is backed up, re-sending every `redrive` only piles copies onto it."""
     clock = support.FakeClock()
-    specs = simulated.build_fleet_specs(3, 1, scenarios={Scenario.NORMAL: 1})
-    fleet = simulated.SimulatedFleet.create(specs, simulated.MemoryStore(), clock=clock.seconds)
+    specs = build_fleet_specs(3, 1, scenarios={Scenario.NORMAL: 1})
+    fleet = simulated.SimulatedFleet.create(specs, MemoryStore(), clock=clock.seconds)
     dispatcher = support.ListDispatcher()
     container = support.make_container(support.test_settings(pg, redrive_seconds=10.0), fleet, clock, dispatcher)
     support.register(container, specs)

@@ -13,11 +13,13 @@ from collections import Counter
 
 import sqlalchemy as sa
 
-from orchestrator import models
-from orchestrator.api import Patchaas
-from orchestrator.mailsink import MailSink
+from orchestrator.entrypoints.api import Patchaas
+from orchestrator.persistence import models
 from orchestrator.settings import Settings
 from schemas.fleet import CycleReport
+from simulation.mailsink import MailSink
+from simulation.records import EffectKind
+from simulation.specs import Scenario, build_fleet_specs
 from tests.e2e.harness import (
     Cluster,
     active_executions,
@@ -29,8 +31,6 @@ from tests.e2e.harness import (
     use_clc_fleet,
     wait_until,
 )
-from workers.fleet import simulated
-from workers.fleet.simulated import EffectKind, Scenario
 
 COMPLETING = {Scenario.FLAKY_KB: 5, Scenario.PENDING_REBOOT: 5, Scenario.POWERED_OFF: 5, Scenario.UP_TO_DATE: 3}
 DRIVER = {
@@ -49,7 +49,7 @@ DRIVER = {
 def test_fifty_servers_complete_over_http_despite_faults(
     pg: str, redis_url: str, mail_sink: MailSink, cluster: Cluster
 ) -> None:
-    specs = simulated.build_fleet_specs(50, 50, scenarios=COMPLETING)
+    specs = build_fleet_specs(50, 50, scenarios=COMPLETING)
     fleet = install_fleet(pg, specs)
     url = start_clc_simulator(
         cluster, "--fault-5xx-rate=0.1", "--latency-ms=200", "--drop-rate=0.01", "--token-ttl=5", "--seed=50",

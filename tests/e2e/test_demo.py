@@ -8,7 +8,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from rich.console import Console
 
-from orchestrator import demo, models
+from orchestrator.entrypoints import demo
+from orchestrator.persistence import models
 
 
 def test_demo_patches_the_fleet_to_the_end(tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from rich.console import Console
 from typer.testing import CliRunner
 
-from orchestrator import demo, demo_linux, models
-from orchestrator.cli import app as cli_app
+from orchestrator.entrypoints import demo, demo_linux
+from orchestrator.entrypoints.cli.main import app as cli_app
+from orchestrator.persistence import models
 from tests.e2e.harness import linux_hosts_unavailable
 
 

@@ -16,11 +16,12 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import models
-from orchestrator.api import Patchaas
-from orchestrator.mailsink import MailSink
+from orchestrator.entrypoints.api import Patchaas
+from orchestrator.persistence import models
 from orchestrator.settings import Settings
 from schemas.fleet import CycleReport, PowerState
+from simulation.mailsink import MailSink
+from simulation.specs import Scenario, build_fleet_specs
 from tests.e2e.harness import (
     Cluster,
     active_executions,
@@ -32,8 +33,6 @@ from tests.e2e.harness import (
     use_clc_fleet,
     wait_until,
 )
-from workers.fleet import simulated
-from workers.fleet.simulated import Scenario
 
 TRANSPORTS = [t for t in ("simulated", "clc") if os.environ.get("PATCHAAS_E2E_FLEET", t) == t]
 
@@ -95,7 +94,7 @@ def test_real_workers_patch_twenty_servers(
     pg: str, redis_url: str, mail_sink: MailSink, cluster: Cluster, transport: str
 ) -> None:
     scenarios = {s: 2 for s in EXPECTED} | {Scenario.NORMAL: 6}
-    specs = simulated.build_fleet_specs(20, 20, scenarios=scenarios)
+    specs = build_fleet_specs(20, 20, scenarios=scenarios)
     fleet = install_fleet(pg, specs)
     simulator = _over_http(cluster) if transport == "clc" else None
     cluster.start_worker("w1")

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import httpx
 
-from orchestrator.api import Patchaas
-from orchestrator.mailsink import free_port
+from orchestrator.entrypoints.api import Patchaas
 from orchestrator.settings import Settings
+from simulation.mailsink import free_port
+from simulation.specs import Scenario, build_fleet_specs
 from tests.e2e.harness import Cluster, active_executions, install_fleet, wait_until
-from workers.fleet import simulated
 
 
 def test_flower_shows_the_tasks_of_a_run(pg: str, redis_url: str, cluster: Cluster) -> None:
-    specs = simulated.build_fleet_specs(4, 2, scenarios={simulated.Scenario.NORMAL: 2})
+    specs = build_fleet_specs(4, 2, scenarios={Scenario.NORMAL: 2})
     install_fleet(pg, specs)
     port = free_port()
     cluster.env["FLOWER_UNAUTHENTICATED_API"] = "true"

@@ -22,12 +22,13 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from orchestrator import messages, models, packages
-from orchestrator.api import Patchaas
-from orchestrator.cli import app as cli_app
-from orchestrator.fleet import FleetRefused
-from orchestrator.mailsink import MailSink
+from orchestrator.domain import messages, packages
+from orchestrator.entrypoints.api import Patchaas
+from orchestrator.entrypoints.cli.main import app as cli_app
+from orchestrator.persistence import models
+from orchestrator.ports import FleetRefused
 from orchestrator.settings import Settings
+from simulation.mailsink import MailSink
 from tests.e2e.harness import (
     Cluster,
     LinuxTestHosts,

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from orchestrator import messages, models, packages
-from orchestrator.api import Patchaas
-from orchestrator.mailsink import MailSink
+from orchestrator.domain import messages, packages
+from orchestrator.entrypoints.api import Patchaas
+from orchestrator.persistence import models
 from orchestrator.settings import Settings
+from simulation.mailsink import MailSink
 from tests.e2e.harness import (
     Cluster,
     LinuxTestHosts,

@@ -12,13 +12,13 @@ from typing import Any
 
 import httpx
 
-from orchestrator.mailsink import MailSink
-from orchestrator.service import CLC_NOT_QUEUED
+from orchestrator.services.errors import CLC_NOT_QUEUED
 from orchestrator.settings import DEFAULT_PACKAGE_ID
 from schemas.fleet import PowerState
+from simulation.mailsink import MailSink
+from simulation.records import EffectKind
+from simulation.specs import Scenario, build_fleet_specs
 from tests.e2e.harness import Cluster, install_fleet, run_cli, start_api, wait_until
-from workers.fleet import simulated
-from workers.fleet.simulated import EffectKind, Scenario
 
 PACKAGE = {"packageId": DEFAULT_PACKAGE_ID, "parameters": {}}
 PASSWORDS = {"jane": "jane's long password", "xavier": "xavier's long password"}
@@ -58,7 +58,7 @@ def poll(client: httpx.Client, headers: dict[str, str], hrefs: dict[str, str], t
 def test_a_client_patches_servers_and_a_nested_group_over_http(
     pg: str, redis_url: str, mail_sink: MailSink, cluster: Cluster
 ) -> None:
-    specs = simulated.build_fleet_specs(31, 9, scenarios=SCENARIOS)
+    specs = build_fleet_specs(31, 9, scenarios=SCENARIOS)
     fleet = install_fleet(pg, specs)
     scenario = {s.name: s.scenario for s in specs}
     cli(cluster, "account", "create", "XYZ", "--name", "XYZ Corp", "--datacenter", "VA1", "--email", "ops@xyz.example")

@@ -10,13 +10,13 @@ from collections import Counter
 
 import sqlalchemy as sa
 
-from orchestrator import models
-from orchestrator.api import Patchaas
-from orchestrator.mailsink import MailSink
+from orchestrator.entrypoints.api import Patchaas
+from orchestrator.persistence import models
 from orchestrator.settings import Settings
+from simulation import fleet as simulated
+from simulation.mailsink import MailSink
+from simulation.specs import Scenario, build_fleet_specs
 from tests.e2e.harness import Cluster, active_executions, install_fleet, wait_until
-from workers.fleet import simulated
-from workers.fleet.simulated import Scenario
 
 
 def _running(engine: sa.Engine) -> int:
@@ -53,7 +53,7 @@ def _run(pg: str, cluster: Cluster, patching: Patchaas, timeout: float, **rate: 
 
 def test_fifty_servers_five_at_a_time_with_real_workers(pg: str, redis_url: str, mail_sink: MailSink,
                                                         cluster: Cluster) -> None:
-    specs = simulated.build_fleet_specs(30, 50, scenarios={Scenario.NORMAL: 50})
+    specs = build_fleet_specs(30, 50, scenarios={Scenario.NORMAL: 50})
     fleet = install_fleet(pg, specs)
     cluster.start_worker("w1", concurrency=3)
     cluster.start_worker("w2", concurrency=3)
@@ -83,7 +83,7 @@ def test_fifty_servers_five_at_a_time_with_real_workers(pg: str, redis_url: str,
 
 def test_a_tripped_error_threshold_with_real_workers(pg: str, redis_url: str, mail_sink: MailSink,
                                                      cluster: Cluster) -> None:
-    specs = simulated.build_fleet_specs(31, 20, scenarios={Scenario.BROKEN_KB: 3})
+    specs = build_fleet_specs(31, 20, scenarios={Scenario.BROKEN_KB: 3})
     fleet = install_fleet(pg, specs)
     cluster.start_worker("w1", concurrency=3)
     cluster.start_beat()

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.entrypoints.cli.main import app
 from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_the_stack_has_everything_a_deployment_runs() -> None:
 def test_the_api_health_check_asks_a_route_the_api_serves() -> None:
     import re
 
-    from orchestrator.rest import health
+    from orchestrator.entrypoints.rest import health
 
     check = " ".join(COMPOSE["services"]["api"]["healthcheck"]["test"])
     [path] = re.findall(r"http://127\.0\.0\.1:8080(/[a-z]+)", check)

@@ -25,7 +25,7 @@ import tree_sitter
 import tree_sitter_powershell
 
 from schemas.fleet import CycleReport, CycleState, ResultCode, UpdateResult
-from workers.fleet import clc
+from workers.fleet import clc_wire
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "workers" / "fleet" / "packages" / "windows-update.ps1"
@@ -111,12 +111,12 @@ def test_the_script_takes_every_package_parameter_the_driver_sends(script: tree_
     (top,) = [block for block in script.root_node.children if block.type == "param_block"]
     declared = {text(v).removeprefix("$").lower() for v in nodes(top, "variable") if text(v) not in ("$true", "$false")}
     sent = [
-        clc.PARAM_EXECUTION_ID,
-        clc.PARAM_CYCLE,
-        clc.PARAM_EXCLUDE_KBS,
-        clc.PARAM_IDEMPOTENCY_KEY,
-        clc.PARAM_REPORT_URL,
-        clc.PARAM_REPORT_TOKEN,
+        clc_wire.PARAM_EXECUTION_ID,
+        clc_wire.PARAM_CYCLE,
+        clc_wire.PARAM_EXCLUDE_KBS,
+        clc_wire.PARAM_IDEMPOTENCY_KEY,
+        clc_wire.PARAM_REPORT_URL,
+        clc_wire.PARAM_REPORT_TOKEN,
     ]
     assert {name.removeprefix("patchaas.").lower() for name in sent} <= declared
 

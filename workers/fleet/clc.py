@@ -22,57 +22,30 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
 import httpx
 import tenacity
 
-from orchestrator.fleet import FleetError, FleetRefused
+from orchestrator.ports import FleetError, FleetRefused
 from orchestrator.settings import Settings
-from schemas.fleet import CycleReport, PackageRun, PowerState, ServerStatus
+from schemas.fleet import CycleReport, PackageRun, ServerStatus
+from workers.fleet import clc_wire
+from workers.fleet.clc_wire import (
+    EXTENSION,
+    IDEMPOTENCY_HEADER,
+    PACKAGE_RUN_NOT_FOUND,
+    PENDING_STATUSES,
+    package_parameters,
+    package_run_path,
+)
+from workers.fleet.throttle import TokenBucket, backoff_seconds
 
 log = logging.getLogger(__name__)
-
-# --- the wire contract: CLC API v2 plus our extensions -------------------------------------------
-
-EXTENSION = "patchaas"  # the object our control plane adds to a server and to a refused queue entry
-IDEMPOTENCY_HEADER = "Idempotency-Key"  # the control plane performs one effect per (operation, server, key)
-PARAM_EXECUTION_ID = "patchaas.executionId"
-PARAM_CYCLE = "patchaas.cycle"
-PARAM_EXCLUDE_KBS = "patchaas.excludeKBs"  # comma-separated KB ids, "" for none
-PARAM_IDEMPOTENCY_KEY = "patchaas.idempotencyKey"
-PARAM_REPORT_URL = "patchaas.reportUrl"  # the report channel (orchestrator/reports.py), when offered
-PARAM_REPORT_TOKEN = "patchaas.reportToken"  # the per-execution bearer token of the report channel
-PACKAGE_RUN_NOT_FOUND = "packageRunNotFound"  # the `code` of a 404 for a package run never received
-PENDING_STATUSES: frozenset[str] = frozenset({"notStarted", "executing", "resumed"})
-
-
-def package_run_path(alias: str, server: str, key: str) -> str:
-    """Where the control plane keeps the report of the package run started under `key`."""
-    return f"/v2/patchaas/{quote(alias, safe='')}/servers/{quote(server, safe='')}/packageRuns/{quote(key, safe='')}"
-
-
-def package_parameters(run: PackageRun, key: str) -> dict[str, Any]:
-    """The Execute Package `parameters`: the execution's own, plus ours (strings, as CLC's were); the report
-    channel's URL and token only when the orchestrator offers the channel."""
-    parameters: dict[str, Any] = {
-        **run.parameters,
-        PARAM_EXECUTION_ID: run.execution_id,
-        PARAM_CYCLE: str(run.cycle),
-        PARAM_EXCLUDE_KBS: ",".join(run.exclude_kbs),
-        PARAM_IDEMPOTENCY_KEY: key,
-    }
-    if run.report_url and run.report_token is not None:
-        parameters[PARAM_REPORT_URL] = run.report_url
-        parameters[PARAM_REPORT_TOKEN] = run.report_token.get_secret_value()
-    return parameters
-
 
 # --- errors ------------------------------------------------------------------------------------
 
@@ -141,59 +114,6 @@ class ClcConfig:
         )
 
 
-# --- backoff and the rate limit ----------------------------------------------------------------
-
-
-def backoff_seconds(failures: int, initial: float, cap: float, rng: random.Random | None = None) -> float:
-    """The wait after the `failures`th failed attempt: initial * 2**(failures-1) plus a jitter of up to
-    `initial`, capped at `cap` (the jitter spreads the retries of many workers hit by the same outage)."""
-    jitter = (rng or _RANDOM).uniform(0.0, initial)
-    return min(cap, initial * 2 ** max(0, failures - 1) + jitter)
-
-
-_RANDOM = random.Random()
-
-
-class TokenBucket:
-    """A client-side rate limit: `rate` requests a second on average, bursts of up to `capacity`.
-
-    A caller that finds the bucket empty reserves the next token and waits for it outside the lock (so
-    callers are served in order); a wait longer than `max_wait` is refused with `FleetError` instead.
-    Per process: N worker processes together send up to N times the rate.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        capacity: int,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        max_wait: float = 30.0,
-    ) -> None:
-        self.rate = rate
-        self.capacity = float(capacity)
-        self.max_wait = max_wait
-        self._clock = clock
-        self._sleep = sleep
-        self._tokens = float(capacity)
-        self._at = clock()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> float:
-        """Take one token, waiting if needed; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
-            self._at = now
-            wait = 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
-            if wait > self.max_wait:
-                raise FleetError(f"client-side rate limit: the next request slot is {wait:.1f}s away")
-            self._tokens -= 1.0
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-
 # --- the driver --------------------------------------------------------------------------------
 
 
@@ -240,7 +160,7 @@ class ClcFleet:
         """GET the server; power state and maintenance from `details`, boot id etc. from our extension."""
         response = self._call("GET", f"/v2/servers/{self._alias_part()}/{quote(server, safe='')}")
         self._check(response, f"get server {server}")
-        return _server_status(server, _json(response))
+        return clc_wire.server_status(server, clc_wire.json_answer(response))
 
     def set_maintenance(self, server: str, on: bool, key: str) -> None:
         """Set Maintenance, then wait until CLC says it is done (the orchestrator moves on at once)."""
@@ -272,11 +192,11 @@ class ClcFleet:
     def cycle_result(self, server: str, key: str) -> CycleReport | None:
         """The package run's report; None when the control plane never received that run."""
         response = self._call("GET", package_run_path(self._ensure_alias(), server, key))
-        if response.status_code == 404 and _body(response).get("code") == PACKAGE_RUN_NOT_FOUND:
+        if response.status_code == 404 and clc_wire.body_of(response).get("code") == PACKAGE_RUN_NOT_FOUND:
             return None
         self._check(response, f"package run {key} on {server}")
         try:
-            return CycleReport.model_validate(_json(response))
+            return CycleReport.model_validate(clc_wire.json_answer(response))
         except ValueError as exc:
             raise FleetError(f"malformed package run report for {key} on {server}: {exc}") from None
 
@@ -286,7 +206,7 @@ class ClcFleet:
         """POST a server operation; the status id of `server`'s entry, or why it was not queued."""
         response = self._call("POST", f"/v2/operations/{self._alias_part()}/servers/{operation}", json=body, key=key)
         self._check(response, f"{operation} {server}")
-        answer = _json(response)
+        answer = clc_wire.json_answer(response)
         entries = answer if isinstance(answer, list) else []
         entry = next((e for e in entries if str(e.get("server", "")).upper() == server.upper()), None)
         if entry is None:
@@ -326,7 +246,7 @@ class ClcFleet:
             # the control plane forgot the operation (restarted?): the engine checks the server and retries
             raise FleetError(f"CLC status {status_id}: unknown to the control plane")
         self._check(response, f"status {status_id}")
-        return str(_body(response).get("status", "unknown"))
+        return str(clc_wire.body_of(response).get("status", "unknown"))
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -342,7 +262,7 @@ class ClcFleet:
         token = self._bearer()
         response = self._send(method, path, json, {**headers, "Authorization": f"Bearer {token}"})
         if response.status_code == 401:
-            raise ClcAuthError(f"CLC rejected a fresh token for {method} {path}: {_message(response)}")
+            raise ClcAuthError(f"CLC rejected a fresh token for {method} {path}: {clc_wire.message_of(response)}")
         return response
 
     def _send(self, method: str, path: str, json: object, headers: Mapping[str, str]) -> httpx.Response:
@@ -376,7 +296,7 @@ class ClcFleet:
         except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
             raise _Transient(f"{type(exc).__name__}: {exc or 'no answer'}") from exc
         if response.status_code >= 500:
-            raise _Transient(f"HTTP {response.status_code}: {_message(response)}")
+            raise _Transient(f"HTTP {response.status_code}: {clc_wire.message_of(response)}")
         return response
 
     def _check(self, response: httpx.Response, what: str) -> None:
@@ -384,7 +304,7 @@ class ClcFleet:
         code = response.status_code
         if code < 400:
             return
-        message = f"CLC {what}: HTTP {code}: {_message(response)}"
+        message = f"CLC {what}: HTTP {code}: {clc_wire.message_of(response)}"
         if code in (408, 429):
             raise FleetError(message)
         raise FleetRefused(message)
@@ -407,8 +327,8 @@ class ClcFleet:
         body = {"username": self.config.username, "password": self.config.password}
         response = self._send("POST", "/v2/authentication/login", body, {})
         if response.status_code != 200:
-            raise ClcAuthError(f"CLC login as {self.config.username} refused: {_message(response)}")
-        answer = _body(response)
+            raise ClcAuthError(f"CLC login as {self.config.username} refused: {clc_wire.message_of(response)}")
+        answer = clc_wire.body_of(response)
         token = answer.get("bearerToken")
         if not token:
             raise ClcAuthError("CLC login answered without a bearer token")
@@ -425,53 +345,3 @@ class ClcFleet:
 
     def _alias_part(self) -> str:
         return quote(self._ensure_alias(), safe="")
-
-
-# --- answers -----------------------------------------------------------------------------------
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        raise FleetError(f"HTTP {response.status_code}: the answer is not JSON") from None
-
-
-def _body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _message(response: httpx.Response) -> str:
-    """CLC's `message`, or the start of the body."""
-    message = _body(response).get("message")
-    return str(message) if message else (response.text[:200] or response.reason_phrase)
-
-
-def _server_status(server: str, body: Any) -> ServerStatus:
-    """A CLC server answer as a ServerStatus; our `patchaas` extension is required."""
-    if not isinstance(body, dict):
-        raise FleetError(f"CLC get server {server}: the answer is not an object")
-    extension = body.get(EXTENSION)
-    if not isinstance(extension, dict):
-        raise FleetRefused(
-            f"CLC get server {server}: no `{EXTENSION}` extension (boot id, pending reboot) in the answer; "
-            "this control plane cannot tell when a reboot happened"
-        )
-    try:
-        details = body["details"]
-        power = PowerState(details["powerState"])
-        return ServerStatus(
-            name=str(body["name"]),
-            os_type=str(body["osType"]),
-            power_state=power,
-            in_maintenance=bool(details["inMaintenanceMode"]),
-            up=bool(extension.get("up", power is PowerState.STARTED)),
-            boot_id=str(extension["bootId"]),
-            pending_reboot=bool(extension["rebootPending"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FleetError(f"CLC get server {server}: malformed answer ({exc!r})") from None

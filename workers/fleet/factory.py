@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 
 from orchestrator.settings import Settings
-from workers.fleet import simulated
+from simulation import fleet as simulated
+from simulation.store import SqlStore
 
 
 def timings_for(settings: Settings) -> simulated.SimTimings:
@@ -27,7 +28,7 @@ def simulated_from_settings(settings: Settings) -> simulated.SimulatedFleet:
             "the simulated fleet needs PATCHAAS_SIM_STATE_URL (a database URL the worker processes share); "
             "create the fleet there with `patchaas sim init`"
         )
-    store = simulated.SqlStore(settings.sim_state_url)
+    store = SqlStore(settings.sim_state_url)
     # the seed only drives transient errors; mixing in the pid gives each worker process its own stream
     # (with one seed for all, every freshly restarted process would fail the same calls in the same order)
     seed = settings.sim_seed * 1_000_003 + os.getpid() if settings.sim_error_rate else settings.sim_seed

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator import db, models, packages
-from orchestrator.fleet import Fleet, FleetRefused
+from orchestrator.domain import packages
+from orchestrator.persistence import db, models
+from orchestrator.ports import Fleet, FleetRefused
 from orchestrator.settings import Settings
 from schemas.fleet import CycleReport, PackageRun, ServerStatus
 

@@ -37,8 +37,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential, wait_random
 
-from orchestrator import db, models
-from orchestrator.fleet import FleetError, FleetRefused
+from orchestrator.persistence import db, models
+from orchestrator.ports import FleetError, FleetRefused
 from orchestrator.settings import Settings
 from schemas import selection
 from schemas.fleet import CycleReport, PackageRun, PowerState, ResultCode, ServerStatus
@@ -93,7 +93,7 @@ class HostInfo:
     key_ref: str
     package_manager: str
     in_maintenance: bool
-    host_key: str | None = None  # the SHA256 fingerprint pinned for this host (orchestrator/ssh_hosts.py)
+    host_key: str | None = None  # the SHA256 fingerprint pinned for this host (orchestrator/services/ssh_hosts.py)
 
 
 class _PinnedKey(paramiko.MissingHostKeyPolicy):

@@ -1,0 +1,87 @@
+"""Commands: what the current state wants done (orders), one per step; `command_for` (machine.py) picks it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.domain.execution import (
+    Outcome,
+)
+
+# --- commands: what the current state wants done (orders) -------------------------------------
+
+
+@dataclass(frozen=True)
+class InspectServer:
+    """Read the server's status (power, maintenance, pending reboot)."""
+
+
+@dataclass(frozen=True)
+class PowerOn:
+    """Start the stopped server."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class PollServer:
+    """Read the server's status while waiting for it to boot."""
+
+
+@dataclass(frozen=True)
+class SetMaintenance:
+    """Turn maintenance mode on or off, unless it already is."""
+
+    on: bool
+    key: str
+
+
+@dataclass(frozen=True)
+class InvokeUpdatePackage:
+    """Start cycle `cycle` of the update package, skipping quarantined KBs."""
+
+    cycle: int
+    key: str
+    exclude_kbs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FetchCycleResult:
+    """Read the report of the running cycle."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class RebootServer:
+    """Reboot the server (intent recorded first: the boot id seen before)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class PowerOff:
+    """Stop the server again (it was stopped before the run)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """No I/O: leave the normal path (cancelled, deadline passed, too many attempts)."""
+
+    outcome: Outcome
+    reason: str
+
+
+Command = (
+    InspectServer
+    | PowerOn
+    | PollServer
+    | SetMaintenance
+    | InvokeUpdatePackage
+    | FetchCycleResult
+    | RebootServer
+    | PowerOff
+    | Abandon
+)

@@ -1,0 +1,78 @@
+"""The one interface between the orchestrator and the cloud + its servers.
+
+Every call that changes something takes an idempotency key (`<execution_id>:<step>:<cycle>`): a driver
+whose far side accepts one passes it on; the orchestrator additionally checks the far side's state before
+repeating an effect, so a retried step never does the work twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from email.message import EmailMessage
+from typing import Protocol
+
+from schemas.fleet import CycleReport, PackageRun, ServerStatus
+
+
+class FleetError(Exception):
+    """A transient failure talking to the fleet (timeout, 5xx, server busy): the step is retried."""
+
+
+class FleetRefused(FleetError):
+    """A permanent refusal (unknown server, unsupported OS): retrying cannot help; the run fails."""
+
+
+class Fleet(Protocol):
+    """What the orchestrator asks of the cloud and the servers."""
+
+    def status(self, server: str) -> ServerStatus:
+        """The server's power state, maintenance flag, boot id and whether a reboot is pending."""
+        ...
+
+    def set_maintenance(self, server: str, on: bool, key: str) -> None:
+        """Turn maintenance mode on or off (control-plane flag; works while the server is down)."""
+        ...
+
+    def power_on(self, server: str, key: str) -> None:
+        """Ask the control plane to start a stopped or paused server."""
+        ...
+
+    def power_off(self, server: str, key: str) -> None:
+        """Ask the control plane to stop a server."""
+        ...
+
+    def reboot(self, server: str, key: str) -> None:
+        """Reboot the server; its boot id changes when it is back."""
+        ...
+
+    def invoke_package(self, server: str, key: str, run: PackageRun) -> None:
+        """Start one cycle of the update package (search + install). Idempotent per key."""
+        ...
+
+    def cycle_result(self, server: str, key: str) -> CycleReport | None:
+        """The cycle started under `key`: None if the server never received it, else running or finished."""
+        ...
+
+
+class Dispatcher(Protocol):
+    """Hands ids to workers (Celery in production; a list in unit tests)."""
+
+    def advance(self, execution_id: str, delay: float) -> None: ...
+
+    def deliver(self, outbox_id: int) -> None: ...
+
+
+class Hooks(Protocol):
+    """Points between intent, effect and commit where chaos tests crash a worker on purpose."""
+
+    def reached(self, point: str, execution_id: str, step: str) -> None: ...
+
+
+class Mailer(Protocol):
+    """Sends one email or raises."""
+
+    def send(self, message: EmailMessage) -> None: ...
+
+
+Clock = Callable[[], datetime]  # the time now, timezone-aware (tests pass a fake clock)

@@ -1,0 +1,364 @@
+"""A simulated fleet of Windows Server 2012 / 2012 R2 machines that implements the `Fleet` protocol.
+
+Deterministic from a seed, driven by an injected clock (nothing sleeps, nothing runs in the background:
+reboots and package runs complete lazily when a later call sees the clock past their end), and recording
+every side effect it receives so tests can assert each happened exactly once.
+
+All mutable state lives in a store (simulation/store.py): `MemoryStore` for one process, `SqlStore` when
+several processes (the workers of an end-to-end test) must share one fleet. Every call runs in one store
+transaction that locks the server it touches, so concurrent callers serialize per server. What a server is
+lives in simulation/specs.py, how its state changes (boots, searches, installs) in simulation/server_state.py.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from orchestrator.ports import FleetError, FleetRefused
+from schemas import selection
+from schemas.fleet import (
+    CycleReport,
+    CycleState,
+    PackageRun,
+    PowerState,
+    ResultCode,
+    ServerStatus,
+    UpdateResult,
+)
+from simulation.catalog import is_supported
+from simulation.records import Document, Effect, EffectKind
+from simulation.server_state import ServerState, advance, install, scanned, search
+from simulation.specs import Scenario, SimServerSpec
+from simulation.store import FleetStore, MemoryStore, StoreSession
+
+HRESULT_ALL_FAILED = 0x80240022  # WU_E_ALL_UPDATES_FAILED: the batch HRESULT when nothing installed
+
+
+@dataclass(frozen=True)
+class SimTimings:
+    """How long the simulated operations take, in seconds of the injected clock."""
+
+    reboot_seconds: float = 0.0
+    package_seconds: float = 0.0
+    power_seconds: float = 0.0
+
+    @classmethod
+    def instant(cls) -> SimTimings:
+        """Everything completes as soon as the clock is read again (unit tests)."""
+        return cls(0.0, 0.0, 0.0)
+
+    @classmethod
+    def demo(cls) -> SimTimings:
+        """Short but visible waits (the `patchaas demo` fleet)."""
+        return cls(reboot_seconds=1.5, package_seconds=1.0, power_seconds=1.0)
+
+
+# --- the fleet ---------------------------------------------------------------------------------
+
+_PACKAGE = "package"
+
+
+class SimulatedFleet:
+    """Simulated Windows servers behind the `Fleet` protocol.
+
+    `create(specs, ...)` writes a fleet into a store; `SimulatedFleet(store, ...)` (or `load`) attaches to
+    one that exists. The seed given to `create` decides the simulation (which "can request" updates ask
+    for a reboot); the seed given to the constructor seeds this instance's transient control-plane errors.
+    """
+
+    def __init__(
+        self,
+        store: FleetStore | None = None,
+        timings: SimTimings | None = None,
+        seed: int = 0,
+        clock: Callable[[], float] = time.time,
+        transient_error_rate: float = 0.0,
+    ) -> None:
+        if not 0.0 <= transient_error_rate <= 1.0:
+            raise ValueError(f"transient_error_rate {transient_error_rate} is not within [0, 1]")
+        self.store: FleetStore = store if store is not None else MemoryStore()
+        self.timings = timings if timings is not None else SimTimings.instant()
+        self.clock = clock
+        self.transient_error_rate = transient_error_rate
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+
+    @classmethod
+    def create(
+        cls,
+        specs: Iterable[SimServerSpec],
+        store: FleetStore | None = None,
+        timings: SimTimings | None = None,
+        seed: int = 0,
+        clock: Callable[[], float] = time.time,
+        transient_error_rate: float = 0.0,
+        reset: bool = False,
+    ) -> SimulatedFleet:
+        """Write `specs` into `store` (servers already there are kept unless `reset`) and attach to it. The
+        servers are created now by `clock`: their updates' release dates (catalog ages) count back from it."""
+        specs = list(specs)
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError("two servers have the same name")
+        store = store if store is not None else MemoryStore()
+        epoch = clock()
+        store.install([(s.name, s.to_doc(), ServerState.initial(s, seed, epoch).to_doc()) for s in specs], reset)
+        return cls(store, timings, seed, clock, transient_error_rate)
+
+    @classmethod
+    def load(
+        cls,
+        store: FleetStore,
+        timings: SimTimings | None = None,
+        seed: int = 0,
+        clock: Callable[[], float] = time.time,
+        transient_error_rate: float = 0.0,
+    ) -> SimulatedFleet:
+        """Attach to the fleet `store` holds (written earlier by `create`, maybe by another process)."""
+        return cls(store, timings, seed, clock, transient_error_rate)
+
+    # --- the Fleet protocol --------------------------------------------------------------------
+
+    def status(self, server: str) -> ServerStatus:
+        """The server's power state, maintenance flag, boot id and pending reboot."""
+        self._maybe_fail()
+        with self._server(server) as (_, spec, state, _now):
+            return ServerStatus(
+                name=spec.name,
+                os_type=spec.os_type,
+                power_state=state.power_state,
+                in_maintenance=state.in_maintenance,
+                up=state.up,
+                boot_id=state.boot_id(spec.name),
+                pending_reboot=state.pending_reboot,
+            )
+
+    def statuses(self, servers: Sequence[str]) -> dict[str, ServerStatus]:
+        """`status` of many servers in one store transaction (one statement to read, one to write back the
+        boots completed meanwhile); unknown servers are left out (their `status` raises FleetRefused)."""
+        self._maybe_fail()
+        many = getattr(self.store, "many", None)
+        if many is None:  # a store without bulk reads: one session each
+            found: dict[str, ServerStatus] = {}
+            for server in servers:
+                try:
+                    found[server] = self.status(server)
+                except FleetRefused:
+                    continue
+            return found
+        answers: dict[str, ServerStatus] = {}
+        with many(servers) as sessions:
+            now = self.clock()
+            for name, session in sessions.items():
+                spec = SimServerSpec.from_doc(session.spec)
+                state = ServerState.from_doc(session.state)
+                advance(spec, state, now)
+                session.state = state.to_doc()
+                answers[name] = ServerStatus(
+                    name=spec.name, os_type=spec.os_type, power_state=state.power_state,
+                    in_maintenance=state.in_maintenance, up=state.up, boot_id=state.boot_id(spec.name),
+                    pending_reboot=state.pending_reboot,
+                )
+        return answers
+
+    def cycle_results(self, items: Sequence[tuple[str, str]]) -> dict[tuple[str, str], CycleReport | None]:
+        """`cycle_result` of many (server, key) pairs in one store transaction; unknown servers are left out
+        (their `cycle_result` raises FleetRefused)."""
+        self._maybe_fail()
+        many = getattr(self.store, "many", None)
+        if many is None:
+            return {(server, key): self.cycle_result(server, key) for server, key in items}
+        answers: dict[tuple[str, str], CycleReport | None] = {}
+        with many([server for server, _ in items], [(server, _PACKAGE, key) for server, key in items]) as sessions:
+            now = self.clock()
+            for server, key in items:
+                session = sessions.get(server)
+                if session is None:
+                    continue
+                spec = SimServerSpec.from_doc(session.spec)
+                state = ServerState.from_doc(session.state)
+                advance(spec, state, now)
+                session.state = state.to_doc()
+                answers[(server, key)] = _report(session.op(_PACKAGE, key), key, now)
+        return answers
+
+    def set_maintenance(self, server: str, on: bool, key: str) -> None:
+        """Set the maintenance flag; every call is recorded (the control plane takes it even if unchanged)."""
+        self._maybe_fail()
+        with self._server(server) as (session, spec, state, now):
+            state.in_maintenance = on
+            kind = EffectKind.MAINTENANCE_ON if on else EffectKind.MAINTENANCE_OFF
+            session.record(Effect(spec.name, kind, key, None, now))
+
+    def power_on(self, server: str, key: str) -> None:
+        """Start a stopped or paused server: started now, up (with a new boot id) after `power_seconds`."""
+        self._maybe_fail()
+        with self._server(server) as (session, spec, state, now):
+            if session.op(EffectKind.POWER_ON, key) is not None:
+                return
+            session.put_op(EffectKind.POWER_ON, key, {"at": now})
+            session.record(Effect(spec.name, EffectKind.POWER_ON, key, None, now))
+            if state.power_state is not PowerState.STARTED:
+                state.power_state = PowerState.STARTED
+                state.booting_until = now + self.timings.power_seconds
+
+    def power_off(self, server: str, key: str) -> None:
+        """Stop the server at once."""
+        self._maybe_fail()
+        with self._server(server) as (session, spec, state, now):
+            if session.op(EffectKind.POWER_OFF, key) is not None:
+                return
+            session.put_op(EffectKind.POWER_OFF, key, {"at": now})
+            session.record(Effect(spec.name, EffectKind.POWER_OFF, key, None, now))
+            state.power_state = PowerState.STOPPED
+            state.booting_until = None
+
+    def reboot(self, server: str, key: str) -> None:
+        """Reboot: down now, back after `reboot_seconds` with a new boot id and pending installs committed."""
+        self._maybe_fail()
+        with self._server(server) as (session, spec, state, now):
+            if session.op(EffectKind.REBOOT, key) is not None:
+                return
+            if state.power_state is not PowerState.STARTED:
+                raise FleetError(f"server {spec.name} is {state.power_state.value}: cannot reboot it")
+            session.put_op(EffectKind.REBOOT, key, {"at": now})
+            session.record(Effect(spec.name, EffectKind.REBOOT, key, None, now))
+            if spec.scenario is Scenario.NEVER_RETURNS:
+                state.stuck = True
+            state.booting_until = now + self.timings.reboot_seconds
+
+    def invoke_package(self, server: str, key: str, run: PackageRun) -> None:
+        """Run one cycle: search, install every offered update not excluded, keep the report under `key`.
+        The run's selection (schemas/selection.py) is applied as the package applies it: an update it does not
+        admit (release age and MSRC severity as of the fleet's clock now) is not installed, only listed in
+        the report's `excluded`."""
+        self._maybe_fail()
+        with self._server(server) as (session, spec, state, now):
+            if session.op(_PACKAGE, key) is not None:
+                return
+            if not is_supported(spec.os_type):
+                raise FleetRefused(
+                    f"server {spec.name} runs {spec.os_type}: the update package does not support it"
+                )
+            if not state.up:
+                raise FleetError(f"server {spec.name} is not reachable")
+            offered = search(spec, state)
+            wanted = selection.selection_of(run.parameters)
+            skip = set(run.exclude_kbs)
+            searched = _datetime(now)
+            excluded = tuple(
+                u.kb for u in offered
+                if u.kb in skip or not wanted.admits(u.kb, str(u.classification),
+                                                     _datetime(u.released_at(state.epoch)), u.msrc_severity, searched)
+            )
+            results: list[UpdateResult] = []
+            for update in offered:
+                if update.kb in excluded:
+                    continue
+                if wanted.scan_only:  # report what would be installed, change nothing
+                    results.append(scanned(update))
+                    continue
+                results.append(install(spec, state, update))
+                session.record(Effect(spec.name, EffectKind.INSTALL, key, update.kb, now))
+            failed = sum(1 for result in results if result.result_code == ResultCode.FAILED)
+            if wanted.scan_only:
+                code, hresult = ResultCode.NOT_STARTED, 0
+            elif results and failed == len(results):
+                code, hresult = ResultCode.FAILED, HRESULT_ALL_FAILED
+            elif failed:
+                code, hresult = ResultCode.SUCCEEDED_WITH_ERRORS, 0
+            else:
+                code, hresult = ResultCode.SUCCEEDED, 0
+            finish_at = now + self.timings.package_seconds
+            report = CycleReport(
+                key=key,
+                state=CycleState.FINISHED,
+                started_at=_datetime(now),
+                finished_at=_datetime(finish_at),
+                updates=tuple(results),
+                result_code=code,
+                hresult=hresult,
+                reboot_required=state.pending_reboot,
+                excluded=excluded,
+            )
+            session.put_op(
+                _PACKAGE,
+                key,
+                {
+                    "cycle": run.cycle,
+                    "started_at": now,
+                    "finish_at": finish_at,
+                    "report": report.model_dump(mode="json"),
+                },
+            )
+
+    def cycle_result(self, server: str, key: str) -> CycleReport | None:
+        """The cycle started under `key`: None if never received, running until its end, then its report."""
+        self._maybe_fail()
+        with self._server(server) as (session, _spec, _state, now):
+            return _report(session.op(_PACKAGE, key), key, now)
+
+    # --- inspection (tests, demo) ------------------------------------------------------------
+
+    def effects(self, server: str | None = None, kind: str | None = None) -> list[Effect]:
+        """Every side effect received, oldest first, optionally of one server and/or one kind."""
+        return self.store.effects(server, kind)
+
+    def specs(self) -> list[SimServerSpec]:
+        """The servers of the fleet, in the order they were created."""
+        return [SimServerSpec.from_doc(doc) for doc in self.store.specs()]
+
+    def installed_kbs(self, server: str) -> set[str]:
+        """The KBs installed on `server` for good (installed and, if they needed one, rebooted since)."""
+        with self._server(server) as (_, _spec, state, _now):
+            return set(state.committed)
+
+    def offered_kbs(self, server: str) -> list[str]:
+        """What a search on `server` would offer now (before exclusions)."""
+        with self._server(server) as (_, spec, state, _now):
+            return [update.kb for update in search(spec, state)]
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _maybe_fail(self) -> None:
+        if self.transient_error_rate <= 0.0:
+            return
+        with self._rng_lock:
+            roll = self._rng.random()
+        if roll < self.transient_error_rate:
+            raise FleetError("simulated control-plane error")
+
+    @contextmanager
+    def _server(self, server: str) -> Iterator[tuple[StoreSession, SimServerSpec, ServerState, float]]:
+        """One locked transaction on `server`, its state brought up to the clock first."""
+        with self.store.session(server) as session:
+            now = self.clock()
+            spec = SimServerSpec.from_doc(session.spec)
+            state = ServerState.from_doc(session.state)
+            advance(spec, state, now)
+            yield session, spec, state, now
+            session.state = state.to_doc()
+
+
+def _report(job: Document | None, key: str, now: float) -> CycleReport | None:
+    """What `cycle_result` answers for the package job stored under `key` (None: never received)."""
+    if job is None:
+        return None
+    if now < job["finish_at"]:
+        return CycleReport(
+            key=key,
+            state=CycleState.RUNNING,
+            started_at=_datetime(job["started_at"]),
+            result_code=ResultCode.IN_PROGRESS,
+        )
+    return CycleReport.model_validate(job["report"])
+
+
+def _datetime(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=UTC)

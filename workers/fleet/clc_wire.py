@@ -1,0 +1,98 @@
+"""The clc driver's wire contract: CLC API v2 plus our extensions, shared by the driver (clc.py) and the
+CLC simulator: the `patchaas` object of a server (boot id, pending reboot, up), the `patchaas.*` package
+parameters, the `Idempotency-Key` header, the package-run report under `/v2/patchaas/...`, and how answers
+are read."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from orchestrator.ports import FleetError, FleetRefused
+from schemas.fleet import PackageRun, PowerState, ServerStatus
+
+# --- the wire contract: CLC API v2 plus our extensions -------------------------------------------
+
+EXTENSION = "patchaas"  # the object our control plane adds to a server and to a refused queue entry
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # the control plane performs one effect per (operation, server, key)
+PARAM_EXECUTION_ID = "patchaas.executionId"
+PARAM_CYCLE = "patchaas.cycle"
+PARAM_EXCLUDE_KBS = "patchaas.excludeKBs"  # comma-separated KB ids, "" for none
+PARAM_IDEMPOTENCY_KEY = "patchaas.idempotencyKey"
+PARAM_REPORT_URL = "patchaas.reportUrl"  # the report channel (orchestrator/services/reports.py), when offered
+PARAM_REPORT_TOKEN = "patchaas.reportToken"  # the per-execution bearer token of the report channel
+PACKAGE_RUN_NOT_FOUND = "packageRunNotFound"  # the `code` of a 404 for a package run never received
+PENDING_STATUSES: frozenset[str] = frozenset({"notStarted", "executing", "resumed"})
+
+
+def package_run_path(alias: str, server: str, key: str) -> str:
+    """Where the control plane keeps the report of the package run started under `key`."""
+    return f"/v2/patchaas/{quote(alias, safe='')}/servers/{quote(server, safe='')}/packageRuns/{quote(key, safe='')}"
+
+
+def package_parameters(run: PackageRun, key: str) -> dict[str, Any]:
+    """The Execute Package `parameters`: the execution's own, plus ours (strings, as CLC's were); the report
+    channel's URL and token only when the orchestrator offers the channel."""
+    parameters: dict[str, Any] = {
+        **run.parameters,
+        PARAM_EXECUTION_ID: run.execution_id,
+        PARAM_CYCLE: str(run.cycle),
+        PARAM_EXCLUDE_KBS: ",".join(run.exclude_kbs),
+        PARAM_IDEMPOTENCY_KEY: key,
+    }
+    if run.report_url and run.report_token is not None:
+        parameters[PARAM_REPORT_URL] = run.report_url
+        parameters[PARAM_REPORT_TOKEN] = run.report_token.get_secret_value()
+    return parameters
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+def json_answer(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise FleetError(f"HTTP {response.status_code}: the answer is not JSON") from None
+
+
+def body_of(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def message_of(response: httpx.Response) -> str:
+    """CLC's `message`, or the start of the body."""
+    message = body_of(response).get("message")
+    return str(message) if message else (response.text[:200] or response.reason_phrase)
+
+
+def server_status(server: str, body: Any) -> ServerStatus:
+    """A CLC server answer as a ServerStatus; our `patchaas` extension is required."""
+    if not isinstance(body, dict):
+        raise FleetError(f"CLC get server {server}: the answer is not an object")
+    extension = body.get(EXTENSION)
+    if not isinstance(extension, dict):
+        raise FleetRefused(
+            f"CLC get server {server}: no `{EXTENSION}` extension (boot id, pending reboot) in the answer; "
+            "this control plane cannot tell when a reboot happened"
+        )
+    try:
+        details = body["details"]
+        power = PowerState(details["powerState"])
+        return ServerStatus(
+            name=str(body["name"]),
+            os_type=str(body["osType"]),
+            power_state=power,
+            in_maintenance=bool(details["inMaintenanceMode"]),
+            up=bool(extension.get("up", power is PowerState.STARTED)),
+            boot_id=str(extension["bootId"]),
+            pending_reboot=bool(extension["rebootPending"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FleetError(f"CLC get server {server}: malformed answer ({exc!r})") from None
