@@ -87,6 +87,9 @@ class PackageRun(BaseModel):
     report_token: SecretStr | None = Field(default=None, description="the bearer token of the report channel")
 
 
+GUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+
+
 class UpdateResult(BaseModel):
     """One update found by the search and what its install did."""
 
@@ -99,6 +102,12 @@ class UpdateResult(BaseModel):
     result_code: ResultCode
     hresult: int = Field(default=0, ge=HRESULT_MIN, le=HRESULT_MAX)
     reboot_required: bool = False
+    update_id: str | None = Field(
+        default=None, pattern=GUID_PATTERN,
+        description="WUA IUpdate.Identity.UpdateID: with revision_number, what identifies the update (a KB can be "
+                    "shared by several updates, or be re-released under a new revision)",
+    )
+    revision_number: int | None = Field(default=None, ge=0, description="WUA IUpdate.Identity.RevisionNumber")
 
     @field_validator("hresult", mode="before")
     @classmethod
@@ -139,6 +148,28 @@ class CycleState(StrEnum):
     FINISHED = "finished"  # the report below is final
 
 
+class BlockedBy(StrEnum):
+    """Why a cycle stopped installing (CycleReport.blocked_by): the updates it did not attempt are in
+    `remaining`, none of them is counted as failed."""
+
+    REBOOT_PENDING = "reboot_pending"  # a reboot was pending before Install() (or Install() said 0x80240016)
+    INSTALLER_BUSY = "installer_busy"  # IUpdateInstaller.IsBusy, or Install() said 0x80240024
+    ANOTHER_RUN = "another_run"  # another execution holds the server's install lock
+    DEADLINE = "deadline"  # too close to the cycle's deadline to start another install
+
+
+class SkippedUpdate(BaseModel):
+    """An update the search found and the cycle left alone, and why (excluded, not selected, optional, no KB)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    update_id: str | None = Field(default=None, pattern=GUID_PATTERN, description="IUpdate.Identity.UpdateID")
+    revision_number: int | None = Field(default=None, ge=0, description="IUpdate.Identity.RevisionNumber")
+    kb: str | None = Field(default=None, pattern=r"^KB\d{6,8}$", description="None: the update has no KB article")
+    title: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=200)
+
+
 class CycleReport(BaseModel):
     """One cycle of the update package: search + install, the batch result and one result per update."""
 
@@ -153,6 +184,31 @@ class CycleReport(BaseModel):
     hresult: int = Field(default=0, ge=HRESULT_MIN, le=HRESULT_MAX)
     reboot_required: bool = False
     excluded: tuple[str, ...] = Field(default=(), description="KBs found but skipped by request")
+    blocked_by: BlockedBy | None = Field(
+        default=None, description="set when the cycle stopped installing before it was done: why (see `remaining`)"
+    )
+    remaining: tuple[str, ...] = Field(
+        default=(),
+        description="KBs selected but not attempted this cycle (blocked, behind an update that must be installed "
+                    "alone, or the deadline): the next cycle offers them again, so this is not 'nothing left'",
+    )
+    search_result_code: ResultCode | None = Field(
+        default=None,
+        description="WUA ISearchResult.ResultCode; anything but 2 means the update list is incomplete (3) or "
+                    "absent (4, 5): never read it as 'nothing left'. None: the reporter does not say",
+    )
+    search_warnings: tuple[str, ...] = Field(
+        default=(), max_length=50, description="ISearchResult.Warnings, as '0x<HRESULT>: message (context n)'"
+    )
+    skipped: tuple[SkippedUpdate, ...] = Field(
+        default=(), description="every update found and left alone, with the reason (including those without a KB)"
+    )
+    phase: str | None = Field(
+        default=None, max_length=200, description="a running (heartbeat) report: what the package is doing now"
+    )
+    error: str | None = Field(
+        default=None, max_length=1000, description="why the cycle failed, in words, when the package knows"
+    )
 
     @field_validator("hresult", mode="before")
     @classmethod

@@ -287,7 +287,7 @@ def test_a_batch_of_emails_goes_over_one_smtp_connection_and_a_failure_stays_its
                 raise smtplib.SMTPDataError(554, b"refused by the test")
             return super().send_message(message, *args, **kwargs)
 
-    monkeypatch.setattr(notifications.smtplib, "SMTP", CountingSMTP)
+    monkeypatch.setattr(mail.smtplib, "SMTP", CountingSMTP)
     with MailSink() as sink:
         container, sim, fleet, dispatcher, clock, _, specs = _world(pg)
         container.mailer = container.engine.mailer = mail.SmtpMailer(sink.url)
