@@ -8,7 +8,12 @@ asyncio/httpx client when wrk is missing), 50 connections, authenticated with a 
 - `GET /rest/servers/OSD/server/<server>/patch` — the summary (first page: 50 executions, their cycles);
 - `GET /rest/servers/OSD/server/<server>/patch/<id>` — the detail of the execution with 200 patches;
 - `GET /bench/ping` — a trivial endpoint added to the same app by this benchmark (no auth, no database):
-  the framework's own ceiling on this machine.
+  the framework's own ceiling on this machine;
+- `GET /console/servers/<server>` and `GET /console/servers/<server>/executions/<id>` — the console's history
+  and detail pages of the same server and execution (HTML from the same cached reads, Jinja2 templates; the
+  session cookie is the same token), beside their JSON answers: "of JSON" is the page's throughput as a
+  share of the JSON answer's in the same run. Each is also measured with one client at a time (what one
+  operator waits for a page), beside the JSON answer with one client.
 
 Statements per request are counted in-process (FastAPI's TestClient over the same app, a SQLAlchemy
 listener on the container's engine), for the summary at page sizes 50 and 200 to show they do not grow
@@ -160,13 +165,28 @@ def add_ping(app: Any) -> None:
         return {"ok": True}
 
 
+SUMMARY = "summary, first page (50 of 1,000 executions)"
+DETAIL = "detail (200 patches)"
+CONSOLE_HISTORY = "console: history page (50 of 1,000 executions)"
+CONSOLE_DETAIL = "console: detail page (200 patches)"
+JSON_OF = {CONSOLE_HISTORY: SUMMARY, CONSOLE_DETAIL: DETAIL}  # each page beside the JSON answer it shows
+ONE_CLIENT = (SUMMARY, CONSOLE_HISTORY, DETAIL, CONSOLE_DETAIL)
+
+
 def paths(detail_id: str) -> dict[str, str]:
     base = f"/rest/servers/{ALIAS}/server"
     return {
         "trivial endpoint (/bench/ping)": "/bench/ping",
-        "summary, first page (50 of 1,000 executions)": f"{base}/{HISTORY_SERVER}/patch",
-        "detail (200 patches)": f"{base}/{DETAIL_SERVER}/patch/{detail_id}",
+        SUMMARY: f"{base}/{HISTORY_SERVER}/patch",
+        DETAIL: f"{base}/{DETAIL_SERVER}/patch/{detail_id}",
+        CONSOLE_HISTORY: f"/console/servers/{HISTORY_SERVER}",
+        CONSOLE_DETAIL: f"/console/servers/{DETAIL_SERVER}/executions/{detail_id}",
     }
+
+
+def auth_headers(bearer: str) -> dict[str, str]:
+    """The REST API reads the bearer token, the console the session cookie (a console session is a token)."""
+    return {"Authorization": f"Bearer {bearer}", "Cookie": f"patchaas_session={bearer}"}
 
 
 # --- load ------------------------------------------------------------------------------------------
@@ -181,9 +201,10 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(base: str, path: str, bearer: str, seconds: int, connections: int, threads: int) -> dict[str, Any]:
+    headers = [arg for name, value in auth_headers(bearer).items() for arg in ("-H", f"{name}: {value}")]
     out = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "--timeout", "10s",
-         "-H", f"Authorization: Bearer {bearer}", base + path],
+         *headers, base + path],
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -212,8 +233,7 @@ def run_httpx(base: str, path: str, bearer: str, seconds: int, connections: int)
 
     async def main() -> float:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {bearer}"},
-                                     limits=limits, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=base, headers=auth_headers(bearer), limits=limits, timeout=30) as http:
             t0 = time.perf_counter()
             await asyncio.gather(*(client(t0 + seconds, http) for _ in range(connections)))
             return time.perf_counter() - t0
@@ -238,18 +258,18 @@ def statements_per_request(url: str, detail_id: str, bearer: str, repeat: int) -
     counter = common.QueryCounter(container.db_engine)
     counts: dict[str, float] = {}
     targets = dict(paths(detail_id))
-    summary_path = targets["summary, first page (50 of 1,000 executions)"]
+    summary_path = targets[SUMMARY]
     targets["summary, page of 200"] = summary_path + "?limit=200"
     targets["summary, first page, not cached"] = summary_path
     targets["detail, not cached"] = targets["detail (200 patches)"]
     with TestClient(app) as client:
         for label, path in targets.items():
-            client.get(path, headers={"Authorization": f"Bearer {bearer}"})  # warm
+            client.get(path, headers=auth_headers(bearer))  # warm
             counter.reset()
             for _ in range(repeat):
                 if "not cached" in label:  # as on a process's first read of these executions
                     container.service.answers.clear()
-                answer = client.get(path, headers={"Authorization": f"Bearer {bearer}"})
+                answer = client.get(path, headers=auth_headers(bearer))
                 assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
             counts[label] = counter.count / repeat
     counter.close()
@@ -264,11 +284,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seconds", type=int, default=None, help="per endpoint (15; 2 with --tiny)")
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     p.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto")
+    p.add_argument("--one-client-seconds", type=int, default=None,
+                   help="per page and JSON answer with one client at a time (5; 1 with --tiny)")
     args = common.parse(p, argv)
     if args.patches is None:
         args.patches = 20 if args.tiny else 200
     if args.seconds is None:
         args.seconds = 2 if args.tiny else 15
+    if args.one_client_seconds is None:
+        args.one_client_seconds = 1 if args.tiny else 5
     client = args.client
     if client == "auto":
         client = "wrk" if common.tool("wrk") else "httpx"
@@ -284,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env = common.service_env(url, "memory://", None)
         procs = common.Processes(env, logdir)
         results: dict[str, dict[str, Any]] = {}
+        single: dict[str, dict[str, Any]] = {}
         try:
             procs.start("uvicorn", [str(common.BIN / "uvicorn"), "bench.api:build_app", "--factory",
                                     "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
@@ -308,22 +333,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     results[label] = run_httpx(base, path, bearer, args.seconds, args.connections)
                 results[label]["load"] = common.load()
                 print(label, results[label])
+            for label in ONE_CLIENT:  # what one operator waits for: one request at a time
+                path = paths(detail_id)[label]
+                single[label] = (run_wrk(base, path, bearer, args.one_client_seconds, 1, 1) if client == "wrk"
+                                 else run_httpx(base, path, bearer, args.one_client_seconds, 1))
+                single[label]["load"] = common.load()
+                print(label, "(one client)", single[label])
         finally:
             procs.stop_all()
     trivial = results["trivial endpoint (/bench/ping)"]["rps"]
     rows = []
+
+    def of_json(label: str, measured: dict[str, dict[str, Any]]) -> str:
+        base_rps = measured.get(JSON_OF.get(label, ""), {}).get("rps")
+        return f"{100 * measured[label]['rps'] / base_rps:.0f}%" if base_rps else ""
+
     for label, r in results.items():
         share = f"{100 * r['rps'] / trivial:.0f}%" if trivial else "n/a"
-        rows.append([label, r["requests"], r["p50"], r["p99"], r["rps"], share, counts.get(label, 0.0),
-                     r["non_2xx"], r["load"]])
+        rows.append([label, r["requests"], r["p50"], r["p99"], r["rps"], share, of_json(label, results),
+                     counts.get(label, 0.0), r["non_2xx"], r["load"]])
+    for label, r in single.items():
+        rows.append([f"{label}, one client", r["requests"], r["p50"], r["p99"], r["rps"], "", of_json(label, single),
+                     counts.get(label, 0.0), r["non_2xx"], r["load"]])
     for label in ("summary, page of 200", "summary, first page, not cached", "detail, not cached"):
-        rows.append([f"{label} (statements only)", "", "", "", "", "", counts[label], "", ""])
+        rows.append([f"{label} (statements only)", "", "", "", "", "", "", counts[label], "", ""])
     result_table = common.table(
-        ["endpoint", "requests", "p50 ms", "p99 ms", "requests/s", "of trivial", "statements/request",
+        ["endpoint", "requests", "p50 ms", "p99 ms", "requests/s", "of trivial", "of JSON", "statements/request",
          "errors", "load avg"], rows)
     setting = (f"{args.connections} concurrent connections for {args.seconds} s per endpoint ({client}); "
                f"uvicorn --workers {args.workers}; a server with {args.size} executions, an execution with "
-               f"{args.patches} patches.")
+               f"{args.patches} patches. One client: one request at a time for {args.one_client_seconds} s.")
     print()
     print(setting)
     print(result_table)
@@ -334,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             setting, result_table,
         ])
         common.write_section("bench/api.py", "REST API (bench/api.py)", body)
-    return {"results": results, "statements": counts, "table": result_table}
+    return {"results": results, "one_client": single, "statements": counts, "table": result_table}
 
 
 if __name__ == "__main__":

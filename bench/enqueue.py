@@ -11,7 +11,10 @@ start emails in the outbox, in the service's transaction). The baseline: the ver
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,76 @@ def install(url: str, servers: int) -> None:
     engine.dispose()
 
 
+class PeakRss:
+    """This process's RSS (MiB) when the block starts and its peak during it (sampled every 10 ms)."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.start = self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rss(self) -> float:
+        return float(self._process.memory_info().rss) / 2**20
+
+    def __enter__(self) -> PeakRss:
+        gc.collect()
+        self.start = self.peak = self._rss()
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(0.01):
+                self.peak = max(self.peak, self._rss())
+
+        self._thread = threading.Thread(target=loop, daemon=True, name="rss")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def answer_encoding(answers: list[Any]) -> dict[str, Any]:
+    """The REST answer of the action: streamed as orchestrator/entrypoints/rest/streaming.py writes it, and
+    built whole as FastAPI did before it (the models, `serialize_response`, one JSONResponse): the time and
+    the peak RSS above the start of each, and whether their bytes are the same."""
+    import asyncio
+
+    from fastapi import Response
+    from fastapi.routing import serialize_response
+    from fastapi.utils import create_model_field
+
+    from orchestrator.entrypoints.rest import bodies, streaming
+
+    out: dict[str, Any] = {}
+    digest = hashlib.sha256()
+    size = 0
+    with PeakRss() as memory:
+        t0 = time.perf_counter()
+        for piece in streaming.queued_json(ALIAS.lower(), answers):
+            digest.update(piece)  # what a server does with each piece: write it to the socket, drop it
+            size += len(piece)
+        out["stream"] = {"seconds": time.perf_counter() - t0, "rss": memory}
+    streamed = digest.hexdigest()
+    field = create_model_field("answer", list[bodies.QueuedAnswer], mode="serialization")
+    with PeakRss() as memory:
+        t0 = time.perf_counter()
+        models = [bodies.queued_answer(ALIAS.lower(), a) for a in answers]
+        content = asyncio.run(serialize_response(field=field, response_content=models, exclude_none=True,
+                                                 dump_json=True))  # FastAPI 0.165's path for a response_model
+        body = Response(content=content, media_type="application/json").body
+        out["list"] = {"seconds": time.perf_counter() - t0, "rss": memory}
+    out["same_bytes"] = hashlib.sha256(body).hexdigest() == streamed and len(body) == size
+    out["bytes"] = size
+    del models, content, body
+    return out
+
+
 def group_action(engine: sa.Engine, servers: int, bulk_from: int, profile: str | None) -> dict[str, Any]:
     """One timed group action on every server; the service accepts in bulk from `bulk_from` servers."""
     from orchestrator.persistence import db
@@ -82,6 +155,7 @@ def group_action(engine: sa.Engine, servers: int, bulk_from: int, profile: str |
     with engine.connect() as conn:  # warm the pool: the first connection is not the action's cost
         conn.exec_driver_sql("SELECT 1")
     counter = common.QueryCounter(engine)
+    memory = PeakRss()
     profiler = None
     if profile:
         from pyinstrument import Profiler
@@ -89,7 +163,8 @@ def group_action(engine: sa.Engine, servers: int, bulk_from: int, profile: str |
         profiler = Profiler(interval=0.001)
         profiler.start()
     t0 = time.perf_counter()
-    answers = service.execute_package_on_groups(ALIAS, [ROOT_GROUP], package, "bench")
+    with memory:
+        answers = service.execute_package_on_groups(ALIAS, [ROOT_GROUP], package, "bench")
     seconds = time.perf_counter() - t0
     if profiler is not None:
         profiler.stop()
@@ -108,6 +183,8 @@ def group_action(engine: sa.Engine, servers: int, bulk_from: int, profile: str |
         "statements_per_server": counter.count / servers if servers else 0.0,
         "top_statements": counter.by_statement.most_common(8),
         "dispatched": (dispatcher.steps, dispatcher.emails),
+        "rss_start": memory.start, "rss_peak": memory.peak,
+        "answer": answer_encoding(answers),
     }
 
 
@@ -157,11 +234,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0], size=10_000, tiny=20)
     p.add_argument("--profile", metavar="FILE", help="write a pyinstrument profile of the group action to FILE")
     p.add_argument("--skip-one-by-one", action="store_true",
-                   help="do not also time the one-server-at-a-time path (the service before orchestrator/services/bulk.py)")
+                   help="do not also time the one-server-at-a-time path (the service before services/bulk.py;"
+                        " skipped anyway above 20,000 servers: minutes of per-server round trips)")
     args = common.parse(p, argv)
     info = common.machine(args.pg_admin_url, args.redis_url)
+    load_before = common.load()
     with common.bench_database(args.pg_admin_url, "enqueue", args.keep_db) as url:
-        result = run(url, args.size, args.profile, not args.skip_one_by_one)
+        result = run(url, args.size, args.profile, not args.skip_one_by_one and args.size <= 20_000)
+    load = (load_before, common.load())
     base = result["bulk_seconds"]
     ratio = result["seconds"] / base if base else 0.0
     rows = [
@@ -181,16 +261,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stmts = common.table(["statements of the group action (bulk)", "count"],
                          [["total", result["statements"]], ["per server", result["statements_per_server"]]]
                          + [[s, n] for s, n in result["top_statements"]])
+    enc = result["answer"]
+    memory_table = common.table(
+        ["memory and the REST answer", "seconds", "RSS at start, MiB", "peak RSS, MiB", "peak − start, MiB"],
+        [["the group action (service: every row, every answer)", result["seconds"], result["rss_start"],
+          result["rss_peak"], result["rss_peak"] - result["rss_start"]]]
+        + [[label, enc[key]["seconds"], enc[key]["rss"].start, enc[key]["rss"].peak,
+            enc[key]["rss"].peak - enc[key]["rss"].start]
+           for label, key in ((f"its answer streamed, {enc['bytes'] / 2**20:.1f} MiB in chunks of "
+                               "1,000 entries (REST, orchestrator/entrypoints/rest/streaming.py)", "stream"),
+                              ("its answer built whole (REST before: models, FastAPI's serialize_response)", "list"))])
+    same = "the same bytes" if enc["same_bytes"] else "DIFFERENT bytes"
     print(result_table)
     print()
     print(stmts)
+    print()
+    print(memory_table)
+    print(f"streamed and whole answers: {same}; load average {load[0]} → {load[1]}")
     if args.write_docs:
         body = "\n\n".join([
             f"Command: `{common.command_line(argv, 'bench.enqueue')}`",
             "Machine:\n\n" + common.machine_lines(info),
+            f"Load average {load[0]} → {load[1]}.",
             result_table,
             stmts,
-            f"Ratio: the group action takes **{ratio:.1f}×** the time of a plain bulk INSERT of its rows.",
+            memory_table,
+            f"Ratio: the group action takes **{ratio:.1f}×** the time of a plain bulk INSERT of its rows. The "
+            f"streamed answer and the answer built whole are {same}.",
         ])
         common.write_section("bench/enqueue.py", "Enqueue a group action (bench/enqueue.py)", body)
     result["ratio"] = ratio

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 if __package__ in (None, ""):  # `python bench/fleet_scale.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import common  # noqa: E402
+from bench import common, metrics_switch, seeding  # noqa: E402
 
 ALIAS = "OSD"
 GROUP = "va1-0001"
@@ -138,6 +138,40 @@ def waiting_executions(url: str, names: list[str], spread: float, start_in: floa
     return [r["id"] for r in rows]
 
 
+def tick_seconds(metrics_url: str | None) -> dict[str, float]:
+    """The ticks of the run from the worker's `patchaas_tick_duration_seconds` histogram (metrics on): how
+    many, their mean, and the histogram's bounds under which 99% and all of them fell."""
+    if metrics_url is None:
+        return {}
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=30) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "patchaas_tick_duration_seconds":
+            continue
+        for s in family.samples:
+            if s.name.endswith("_bucket"):
+                buckets.append((float(s.labels["le"]), s.value))
+            elif s.name.endswith("_sum"):
+                total += s.value
+            elif s.name.endswith("_count"):
+                count += s.value
+    buckets.sort()
+
+    def bound(share: float) -> float:
+        return next((le for le, n in buckets if n >= share * count), float("inf"))
+
+    return {"ticks": count, "mean": total / count if count else 0.0, "p99_le": bound(0.99), "max_le": bound(1.0)}
+
+
 def lags(url: str, ids: set[str]) -> dict[str, Any]:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -171,13 +205,16 @@ def run_fleet(args: Any, url: str, sim_url: str, logdir: Path, names: list[str],
         app = create_app(Settings(database_url=url, broker_url=args.redis_url))
         engine = sa.create_engine(url)
         try:
-            procs.start_worker("worker", concurrency=args.concurrency, loglevel=args.loglevel)
-            procs.start_beat(loglevel=args.loglevel)
+            metrics_url = metrics_switch.start(  # metrics on or off (bench/metrics_switch.py)
+                procs, lambda: procs.start_worker("worker", concurrency=args.concurrency, loglevel=args.loglevel),
+                lambda: procs.start_beat(loglevel=args.loglevel))
             procs.sample_rss()
             common.wait_for_workers(app, 1, procs=procs)
-            lead = 5.0  # the rows are written while the processes wait; the first is due this much later
-            simulate(sim_url, names, time.time() + lead, args.come_back, reset=True)
-            ids = waiting_executions(url, names, args.poll, start_in=lead)
+            # written by COPY with their times parked, then shifted at once: the first is due `lead` s later
+            seeding.install_rebooting(sim_url, names, SEED, args.come_back, reset=True)
+            ids = seeding.waiting_executions(url, names, ALIAS, args.poll)
+            _, armed_in = seeding.arm(url, sim_url, lead=5.0)
+            print(f"seeded {len(ids)} executions; timers armed in {armed_in:.2f}s")
             t0 = time.monotonic()
 
             def done() -> bool:
@@ -187,6 +224,8 @@ def run_fleet(args: Any, url: str, sim_url: str, logdir: Path, names: list[str],
 
             t_end = common.wait_until(done, timeout=args.timeout, interval=1.0, procs=procs,
                                       what="every execution ended")
+            counted = metrics_switch.steps_counted(metrics_url, procs.env.get("PATCHAAS_BENCH_BEAT_METRICS"))
+            ticks = tick_seconds(metrics_url)  # the tick's own duration, as the worker's exporter measured it
         finally:
             procs.stop_all()
         with engine.connect() as conn:
@@ -194,7 +233,7 @@ def run_fleet(args: Any, url: str, sim_url: str, logdir: Path, names: list[str],
                                        .group_by(models.Execution.state)).all())
         engine.dispose()
     result = lags(url, set(ids))
-    result.update(seconds=t_end - t0, states=states)
+    result.update(seconds=t_end - t0, states=states, metrics=counted, ticks=ticks)
     for name in ("worker", "beat"):
         first, peak, last = common.rss_summary(procs.rss.get(name, []))
         result[f"{name}_rss"] = (first, peak, last)
@@ -217,15 +256,17 @@ class _Dispatch:
         self.steps.extend(ids)
 
 
-def statements_per_step(args: Any, url: str, sim_url: str, count: int) -> dict[str, Any]:
+def statements_per_step(args: Any, url: str, sim_url: str, count: int, metrics: bool = True,
+                        start: int | None = None) -> dict[str, Any]:
     """In-process: `count` more waiting executions, run to their end one step per call, then (another
-    `count`) in batches; statements per step on the orchestrator's database and on the fleet's."""
+    `count`) in batches; statements per step on the orchestrator's database and on the fleet's. `metrics`:
+    the engine's telemetry on (PATCHAAS_METRICS_ENABLED) or off; `start`: the first server's number."""
     from orchestrator import bootstrap
     from orchestrator.engine import config, rounds
     from orchestrator.settings import Settings
 
     out: dict[str, Any] = {}
-    start = args.size + 1
+    start = args.size + 1 if start is None else start
     for label in ("one step per task", "batches"):
         names = server_names(count, start)
         start += count
@@ -234,7 +275,7 @@ def statements_per_step(args: Any, url: str, sim_url: str, count: int) -> dict[s
         ids = waiting_executions(url, names, 0.0)
         time.sleep(1.1)  # every server is back: each run goes to its end
         settings = Settings(database_url=url, broker_url="memory://", sim_state_url=sim_url,
-                            poll_interval_seconds=args.poll)
+                            poll_interval_seconds=args.poll, metrics_enabled=metrics)
         dispatcher = _Dispatch()
         container = bootstrap.build(settings, dispatcher=dispatcher)
         counter = common.QueryCounter(container.db_engine)
@@ -303,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--in-process", type=int, default=None, help="executions for the statement count (200)")
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--loglevel", default="WARNING", help="worker and beat log level (INFO logs every task)")
+    metrics_switch.add_argument(p)
     p.add_argument("--env", action="append", default=[], metavar="PATCHAAS_X=value",
                    help="extra environment for the worker and beat")
     args = common.parse(p, argv)
@@ -318,17 +360,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with common.bench_database(args.pg_admin_url, "fleet", args.keep_db) as url, \
             common.bench_database(args.pg_admin_url, "fleet_sim", args.keep_db, migrate=False) as sim_url:
         names = server_names(args.size)
-        register(url, names)
+        seeding.register_servers(url, ALIAS, GROUP, names)
         engine = sa.create_engine(url)
         with engine.begin() as conn:
             conn.exec_driver_sql(TRIGGER)
         engine.dispose()
-        load_before = common.load()
-        fleet = run_fleet(args, url, sim_url, logdir, names, extra_env)
-        fleet["load"] = (load_before, common.load())
-        print(f"fleet: {fleet}")
+        runs: list[tuple[str, dict[str, Any]]] = []
+        order = metrics_switch.modes(args.metrics, args.metrics_repeat)
+        for i, mode in enumerate(order):
+            if i:
+                metrics_switch.reset_runs(url)
+            load_before = common.load()
+            env = {**metrics_switch.env(mode), **extra_env}
+            run = run_fleet(args, url, sim_url, logdir / f"{i}-{mode}", names, env)
+            run["load"] = (load_before, common.load())
+            runs.append((mode, run))
+            print(f"fleet, metrics {mode}: {run}")
+        fleet = next((r for m, r in reversed(runs) if m == "on"), runs[-1][1])  # as deployed: metrics on
         plan = tick_plan(url, int(extra_env.get("PATCHAAS_TICK_BATCH", 500)))
-        per_step = statements_per_step(args, url, sim_url, args.in_process)
+        in_process: list[tuple[str, dict[str, Any]]] = []
+        first = args.size + 1
+        for mode in order:  # the engine in this process, telemetry off and on, same kind of executions
+            in_process.append((mode, statements_per_step(args, url, sim_url, args.in_process, mode == "on", first)))
+            first += 2 * args.in_process
+        per_step = next((r for m, r in reversed(in_process) if m == "on"), in_process[-1][1])
         print(f"statements: {per_step}")
     common.flush_redis(args.redis_url)
 
@@ -353,6 +408,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                f"{args.come_back:g} s: all ended in {fleet['seconds']:.0f} s "
                f"({', '.join(f'{k} {v}' for k, v in sorted(fleet['states'].items()))}); "
                f"load average {fleet['load'][0]} → {fleet['load'][1]}.")
+    ticks = fleet.get("ticks") or {}
+    if ticks.get("ticks"):
+        summary += (f" The tick's own duration: {ticks['ticks']:.0f} ticks, mean {ticks['mean']:.3f} s, 99% under "
+                    f"{ticks['p99_le']:g} s, all under {ticks['max_le']:g} s (patchaas_tick_duration_seconds).")
     print()
     print(summary)
     print(lag_table)
@@ -360,6 +419,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(rss_table)
     print()
     print(stmt_table)
+    cost_table = metrics_cost(runs, in_process)
+    print()
+    print(cost_table)
     print()
     print("the tick's due query on the whole table:\n" + plan)
     print(f"logs: {logdir}")
@@ -367,11 +429,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         body = "\n\n".join([
             f"Command: `{common.command_line(argv, 'bench.fleet_scale')}`",
             "Machine:\n\n" + common.machine_lines(info),
-            summary, lag_table, rss_table, stmt_table,
+            summary, lag_table, rss_table, stmt_table, cost_table,
             "The tick's due query with every row due (EXPLAIN ANALYZE):\n\n```\n" + plan + "\n```",
         ])
         common.write_section("bench/fleet_scale.py", "Fleet scale (bench/fleet_scale.py)", body)
-    return {"fleet": fleet, "statements": per_step, "plan": plan}
+    return {"fleet": fleet, "statements": per_step, "plan": plan, "runs": runs, "in_process": in_process,
+            "cost": cost_table}
+
+
+def metrics_cost(runs: list[tuple[str, dict[str, Any]]], in_process: list[tuple[str, dict[str, Any]]]) -> str:
+    """Metrics off and on: the processes' run (lag, time to the end, worker RSS) and the in-process engine's
+    ms per step (one step per task, and batches), with on ÷ off of the means."""
+    rows: list[list[Any]] = []
+    for mode, r in runs:
+        rows.append([f"processes, metrics {mode}", r["steps"], f"{r['p50']:.3f} / {r['p99']:.3f}", r["seconds"],
+                     r["worker_rss"][1], int(r.get("metrics", {}).get("steps", 0)) or ""])
+    for mode, r in in_process:
+        rows.append([f"in process, metrics {mode}", r["one step per task"]["steps"] + r["batches"]["steps"],
+                     f"{r['one step per task']['ms_per_step']:.3f} / {r['batches']['ms_per_step']:.3f} ms/step",
+                     "", "", ""])
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    for label, pick in (("one step per task", lambda r: r["one step per task"]["ms_per_step"]),
+                        ("batches", lambda r: r["batches"]["ms_per_step"])):
+        on = mean([pick(r) for m, r in in_process if m == "on"])
+        off = mean([pick(r) for m, r in in_process if m == "off"])
+        if on and off:
+            rows.append([f"on ÷ off, in process, {label} (ms/step)", "", metrics_switch.ratio(on, off), "", "", ""])
+    on = mean([r["seconds"] for m, r in runs if m == "on"])
+    off = mean([r["seconds"] for m, r in runs if m == "off"])
+    if on and off:
+        rows.append(["on ÷ off, processes (time to the end)", "", metrics_switch.ratio(on, off), "", "", ""])
+    return common.table(["metrics off / on", "steps", "lag p50 / p99 s (in process: ms/step, task / batch)",
+                         "all ended, s", "worker RSS peak MiB", "steps the exporter counted"], rows)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 if __package__ in (None, ""):  # `python bench/transitions.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import common  # noqa: E402
+from bench import common, metrics_switch  # noqa: E402
 
 SEED = 7
 ALIAS = "OSD"
@@ -90,8 +90,8 @@ def run_patchaas(args: Any, url: str, sim_url: str, logdir: Path, extra_env: dic
         app = create_app(settings)
         container = bootstrap.build(settings, dispatcher=CeleryDispatcher(app))
         try:
-            procs.start_worker("worker", concurrency=args.concurrency)
-            procs.start_beat()
+            metrics_url = metrics_switch.start(  # metrics on or off (bench/metrics_switch.py)
+                procs, lambda: procs.start_worker("worker", concurrency=args.concurrency), procs.start_beat)
             common.wait_for_workers(app, 1, procs=procs)
             before = commits(args.pg_admin_url, dbname)
             engine = container.db_engine
@@ -111,6 +111,7 @@ def run_patchaas(args: Any, url: str, sim_url: str, logdir: Path, extra_env: dic
 
             t_end = common.wait_until(done, timeout=args.timeout, interval=0.25, procs=procs,
                                       what="every execution ended")
+            counted = metrics_switch.steps_counted(metrics_url, procs.env.get("PATCHAAS_BENCH_BEAT_METRICS"))
         finally:
             procs.stop_all()
             container.close()
@@ -135,6 +136,7 @@ def run_patchaas(args: Any, url: str, sim_url: str, logdir: Path, extra_env: dic
         "states": dict(states),
         "avg_cycles": float(cycles or 0),
         "commits": after - before,
+        "metrics": counted,
     }
 
 
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--env", action="append", default=[], metavar="PATCHAAS_X=value",
                    help="extra environment for the product's worker and beat")
     p.add_argument("--skip-baselines", action="store_true", help="only the product run")
+    metrics_switch.add_argument(p)
     p.add_argument("--quiet-below", type=float, default=None, metavar="LOAD",
                    help="before each run, wait (up to 10 min) for the 1-minute load average to fall below LOAD")
     args = common.parse(p, argv)
@@ -222,8 +225,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["load"] = f"{before:.1f} → {common.load():.1f}"
             return result
 
-        product = phase(lambda: run_patchaas(args, url, sim_url, logdir, extra_env))
-        print(f"patchaas: {product}")
+        runs: list[tuple[str, dict[str, Any]]] = []
+        for i, mode in enumerate(metrics_switch.modes(args.metrics, args.metrics_repeat)):
+            if i:
+                metrics_switch.reset_runs(url)
+            env = {**metrics_switch.env(mode), **extra_env}
+            where = logdir / f"{i}-{mode}"
+            runs.append((mode, phase(lambda env=env, where=where: run_patchaas(args, url, sim_url, where, env))))
+            print(f"patchaas, metrics {mode}: {runs[-1][1]}")
+        product = next((r for m, r in reversed(runs) if m == "on"), runs[-1][1])  # as deployed: metrics on
         if args.skip_baselines:
             chain_result = {"hops": 0, "seconds": 0.0, "rate": 0.0, "load": ""}
             pg = {"tps": 0.0, "transactions": 0, "seconds": 0.0, "command": "skipped", "load": ""}
@@ -258,10 +268,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["final states", ", ".join(f"{k} {v}" for k, v in sorted(product["states"].items()))],
         ],
     )
+    cost_table = metrics_cost(runs, args.concurrency)
     print()
     print(result_table)
     print()
     print(detail)
+    print()
+    print(cost_table)
     print(f"\nratios: patchaas/chain = {ratio(product['rate'], chain_result['rate'])}, "
           f"patchaas/pgbench = {ratio(product['rate'], pg['tps'])}")
     print(f"logs: {logdir}")
@@ -271,11 +284,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "Machine:\n\n" + common.machine_lines(info),
             result_table,
             detail,
+            cost_table,
             f"Ratios: patchaas ÷ bare chain = **{ratio(product['rate'], chain_result['rate'])}**, "
             f"patchaas ÷ pgbench = **{ratio(product['rate'], pg['tps'])}**.",
         ])
         common.write_section("bench/transitions.py", "Transitions per second (bench/transitions.py)", body)
-    return {"patchaas": product, "chain": chain_result, "pgbench": pg, "table": result_table}
+    return {"patchaas": product, "chain": chain_result, "pgbench": pg, "table": result_table, "runs": runs,
+            "cost": cost_table}
+
+
+def metrics_cost(runs: list[tuple[str, dict[str, Any]]], processes: int) -> str:
+    """Transitions/s with metrics off and on, each run and the mean of each mode, and on ÷ off."""
+    rows = [[f"metrics {mode}", r["events"], r["seconds"], r["rate"], r["steady_rate"],
+             int(r.get("metrics", {}).get("steps", 0)) or "", r["load"]] for mode, r in runs]
+    mean = {m: [r["rate"] for mode, r in runs if mode == m] for m in ("off", "on")}
+    if mean["off"] and mean["on"]:
+        on, off = sum(mean["on"]) / len(mean["on"]), sum(mean["off"]) / len(mean["off"])
+        rows.append(["on ÷ off (mean transitions/s)", "", "", metrics_switch.ratio(on, off), "", "", ""])
+        row = metrics_switch.overhead_row(processes * 1000 / on if on else 0.0)
+        rows.append([row[0], "", "", "", "", "", ""])
+    return common.table(["run", "transitions", "seconds", "transitions/s", "steady transitions/s",
+                         "steps the worker exporter counted", "load avg"], rows)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator import ports
 from orchestrator.engine.config import EngineConfig
 from orchestrator.engine.engine import Engine
+from orchestrator.engine.webhooks import WebhookConfig, WebhookOutbox
+from orchestrator.observability import telemetry
 from orchestrator.persistence import db
 from orchestrator.ports import Dispatcher, Fleet, Hooks
 from orchestrator.services.patching import PatchService
 from orchestrator.settings import Settings
 from simulation import faults
-from workers import mail
+from workers import mail, webhooks
 
 
 class Container:
@@ -113,6 +115,28 @@ def build_mailer(settings: Settings) -> ports.Mailer:
     return mail.UnconfiguredMailer()
 
 
+def webhook_config(settings: Settings) -> WebhookConfig:
+    """The webhook outbox's timings from settings (PATCHAAS_WEBHOOK_*)."""
+    return WebhookConfig(
+        keys=settings.webhook_key.get_secret_value() if settings.webhook_key else None,
+        hold=timedelta(seconds=settings.webhook_hold_seconds),
+        redrive=timedelta(seconds=settings.redrive_seconds),
+        retry_base=timedelta(seconds=settings.webhook_retry_base_seconds),
+        retry_cap=timedelta(seconds=settings.webhook_retry_max_seconds),
+        max_age=timedelta(seconds=settings.webhook_max_age_seconds),
+        disable_after=timedelta(seconds=settings.webhook_disable_after_seconds),
+        disable_min_failures=settings.webhook_disable_min_failures,
+        tick_batch=settings.tick_batch,
+        tick_rounds=settings.tick_max_rounds,
+    )
+
+
+def build_webhook_sender(settings: Settings) -> ports.WebhookSender:
+    """httpx with the configured timeouts (non-public addresses refused unless allowed)."""
+    return webhooks.HttpxWebhookSender(settings.webhook_timeout_seconds, settings.webhook_connect_timeout_seconds,
+                                       settings.webhook_allow_private_addresses)
+
+
 def build(
     settings: Settings,
     dispatcher: Dispatcher,
@@ -120,6 +144,7 @@ def build(
     mailer: ports.Mailer | None = None,
     clock: Callable[[], datetime] = db.utcnow,
     hooks: Hooks | None = None,
+    webhook_sender: ports.WebhookSender | None = None,
 ) -> Container:
     """Wire a container; anything passed in replaces what settings would build."""
     sql = db.create_engine_for(settings.database_url, ping_after_idle=settings.db_ping_after_idle_seconds)
@@ -128,6 +153,8 @@ def build(
 
     def make_engine() -> tuple[Fleet, Engine]:
         driver = fleet if fleet is not None else build_fleet(settings)
+        observed = telemetry.for_settings(settings.metrics_enabled)  # the ports metered once, here
+        driver = observed.fleet(driver, settings.fleet)
         if settings.report_base_url:  # offer the report channel; read recorded reports before polling
             from orchestrator.services import reports
 
@@ -139,11 +166,14 @@ def build(
             dispatcher=dispatcher,
             policy=settings.policy(),
             config=engine_config(settings),
-            mailer=mailer,
+            mailer=observed.mailer(mailer),
             mail_from=settings.mail_from,
             clock=clock,
             hooks=crash_hooks,
+            telemetry=observed,
         )
+        sender = webhook_sender if webhook_sender is not None else build_webhook_sender(settings)
+        engine.webhooks = WebhookOutbox(engine.transaction, sender, clock, webhook_config(settings), crash_hooks)
         return driver, engine
 
     service = PatchService(sessions=sessions, dispatcher=dispatcher, clock=clock,

@@ -7,7 +7,7 @@ repeating an effect, so a retried step never does the work twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from email.message import EmailMessage
 from typing import Protocol
@@ -73,6 +73,14 @@ class Mailer(Protocol):
     """Sends one email or raises."""
 
     def send(self, message: EmailMessage) -> None: ...
+
+
+class WebhookSender(Protocol):
+    """POSTs one webhook request (workers/webhooks.py: httpx with timeouts; an in-memory one for tests)."""
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """The HTTP status the receiver answered; raises on a transport failure (refused, timeout, TLS)."""
+        ...
 
 
 Clock = Callable[[], datetime]  # the time now, timezone-aware (tests pass a fake clock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,29 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = 30.0
     max_attempts: int = 5
     max_kb_failures: int = 2
+    # a cycle's heartbeats and what blocks it (issue 12; docs/WINDOWS.md, "The engine's side")
+    heartbeat_seconds: int = Field(
+        default=300, ge=0, le=3600,
+        description="sent to the package as patchaas.heartbeatSeconds: how often it posts a running report (0: none; "
+        "windows-update.ps1 raises 1-29 to 30)",
+    )
+    heartbeat_grace_seconds: float = Field(
+        default=15 * 60, gt=0,
+        description="each heartbeat pushes the cycle's deadline to the heartbeat + this (keep it above the interval)",
+    )
+    package_ceiling_seconds: float = Field(
+        default=6 * 3600, gt=0,
+        description="heartbeats never extend a cycle past its invocation + this; at least the package timeout",
+    )
+    busy_retries: int = Field(
+        default=5, ge=0,
+        description="cycles of a run that may find the installer busy (or another run's lock) before it fails",
+    )
+    busy_backoff_seconds: float = Field(default=120.0, ge=0, description="the first wait after a busy cycle (doubles)")
+    busy_backoff_max_seconds: float = Field(default=1800.0, ge=0, description="the longest wait after a busy cycle")
+    max_pending_reboots: int = Field(
+        default=3, ge=1, description="reboots in a row for a reboot the package still finds pending, before failing"
+    )
 
     lease_seconds: float = Field(default=300.0, description="a step's lease; above the longest fleet call")
     redrive_seconds: float = Field(default=30.0, description="how long a dispatched step waits to be re-sent")
@@ -62,7 +86,8 @@ class Settings(BaseSettings):
     tick_lookahead_seconds: float | None = Field(
         default=None, ge=0, description="the tick hands off timers due within this (default: short_countdown)"
     )
-    tick_max_rounds: int = Field(default=20, ge=1, description="a tick claims at most this many times tick_batch")
+    tick_max_rounds: int = Field(default=200, ge=1, description="a tick claims at most this many times tick_batch "
+                                 "(and for at most its lookahead)")
     visibility_timeout_seconds: int = 4 * 3600
     broker_socket_timeout_seconds: float = Field(
         default=10.0, description="a Redis call that gets no answer fails after this long (frozen or half-open)"
@@ -76,6 +101,32 @@ class Settings(BaseSettings):
     )
     db_ping_after_idle_seconds: float = Field(
         default=1.0, ge=0, description="a pooled connection idle this long is pinged before use (0: always)"
+    )
+
+    # observability (orchestrator/observability; docs/OPERATIONS.md)
+    metrics_enabled: bool = Field(default=True, description="engine metrics, step log context and spans (false: none)")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="worker/beat: serve Prometheus metrics on this port (multiprocess)"
+    )
+    metrics_address: str = Field(default="127.0.0.1", description="worker/beat: the metrics exporter's address")
+    log_format: Literal["console", "json"] = Field(default="console", description="API, workers, beat: log lines")
+
+    # events and webhooks (orchestrator/engine/webhooks.py; docs/HOOKS.md)
+    webhook_key: SecretStr | None = Field(
+        default=None, description="Fernet key(s), comma-separated (the first seals): seal webhook secrets at rest"
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="a webhook POST's read timeout")
+    webhook_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_base_seconds: float = Field(default=10.0, gt=0, description="first retry wait (doubles)")
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0, description="longest wait between retries")
+    webhook_max_age_seconds: float = Field(default=24 * 3600.0, gt=0, description="a delivery is retried this long")
+    webhook_disable_after_seconds: float = Field(
+        default=24 * 3600.0, gt=0, description="a subscription failing every attempt this long is disabled"
+    )
+    webhook_disable_min_failures: int = Field(default=5, ge=1, description="… after at least this many in a row")
+    webhook_hold_seconds: float = Field(default=120.0, gt=0, description="a delivery being sent is not sent again")
+    webhook_allow_private_addresses: bool = Field(
+        default=False, description="let webhooks call loopback/private addresses (tests, private deployments)"
     )
 
     crash_points: str | None = Field(
@@ -153,4 +204,11 @@ class Settings(BaseSettings):
             poll_interval=timedelta(seconds=self.poll_interval_seconds),
             max_attempts=self.max_attempts,
             max_kb_failures=self.max_kb_failures,
+            heartbeat_seconds=self.heartbeat_seconds,
+            heartbeat_grace=timedelta(seconds=self.heartbeat_grace_seconds),
+            package_ceiling=timedelta(seconds=max(self.package_ceiling_seconds, self.package_timeout_seconds)),
+            busy_retries=self.busy_retries,
+            busy_backoff=timedelta(seconds=self.busy_backoff_seconds),
+            busy_backoff_max=timedelta(seconds=self.busy_backoff_max_seconds),
+            max_pending_reboots=self.max_pending_reboots,
         )

@@ -85,6 +85,14 @@ class PackageRun(BaseModel):
     parameters: dict[str, object] = Field(default_factory=dict)
     report_url: str | None = Field(default=None, description="where the package posts this cycle's report")
     report_token: SecretStr | None = Field(default=None, description="the bearer token of the report channel")
+    deadline: datetime | None = Field(
+        default=None, description="when the engine stops waiting for this cycle (its package timeout): the package "
+                                  "starts no install too close to it (patchaas.deadline)",
+    )
+    heartbeat_seconds: int | None = Field(
+        default=None, ge=0, le=3600, description="how often the package posts a running report (0: never; None: "
+                                                 "the package's default)",
+    )
 
 
 GUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
@@ -214,3 +222,13 @@ class CycleReport(BaseModel):
     @classmethod
     def _hresult(cls, value: int | str | None, info: ValidationInfo) -> int:
         return _hresult_of(value, info)
+
+
+class HeartbeatReport(CycleReport):
+    """A running cycle that is known to be alive: the orchestrator heard its package's last heartbeat at
+    `heard_at` (the report channel's clock, or the simulated fleet's). Not part of the wire contract: the package
+    posts a CycleReport with `state: running`; the report channel (orchestrator/services/reports.py) answers this
+    to the engine, which extends the cycle's deadline while heartbeats arrive (machine.py)."""
+
+    heard_at: datetime
+    beats: int = Field(default=1, ge=1, description="heartbeats heard for this cycle")

@@ -18,6 +18,13 @@ Windows packages also take two rules of an AWS Patch Manager patch baseline:
 - `severities`: only updates of these MSRC severities (`IUpdate.MsrcSeverity`; WUA's empty string, the
   severity of every non-security update, is `Unspecified`).
 
+Windows packages take `updateService` too (Default, WSUS, WindowsUpdate, MicrosoftUpdate): where the package
+searches; the engine sends it as `patchaas.updateService`.
+
+Not every field applies to every package: `REFUSED` lists, per package family, the fields its package does not
+honour (for Windows, windows-update.manifest.json's `"honoured": false`), and `parse_for` refuses them at request
+time when they are set, so no run silently ignores part of what it was asked.
+
 As AWS's "approved patches" are approved whatever the auto-approval rules say, a KB listed in `includeKbs` is
 not held back by `approveAfterDays` or `severities`; `excludeKbs` still wins over it, and `classifications`
 still narrow `includeKbs` as they always have.
@@ -26,7 +33,7 @@ still narrow `includeKbs` as they always have.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -69,6 +76,15 @@ def severity_of(msrc_severity: str | None) -> MsrcSeverity:
     if not text:
         return MsrcSeverity.UNSPECIFIED
     raise ValueError(f"not an MSRC severity: {msrc_severity!r}")
+
+
+class UpdateService(StrEnum):
+    """Where the Windows package searches (`updateService`; the script's IUpdateSearcher.ServerSelection)."""
+
+    DEFAULT = "Default"  # as the server is configured (WSUS when it has one, else Windows Update)
+    WSUS = "WSUS"  # the managed server (ServerSelection 1)
+    WINDOWS_UPDATE = "WindowsUpdate"  # Microsoft's Windows Update (2)
+    MICROSOFT_UPDATE = "MicrosoftUpdate"  # Microsoft Update, other Microsoft products too (3)
 
 
 class RebootPolicy(StrEnum):
@@ -118,6 +134,10 @@ class PatchSelection(BaseModel):
         description="only updates released at least this many days before the search (0 to 365)",
     )
     severities: tuple[MsrcSeverity, ...] = Field(default=(), description="only updates of these MSRC severities")
+    update_service: UpdateService | None = Field(
+        default=None, alias="updateService",
+        description="Windows packages only: search WSUS, Windows Update or Microsoft Update (None: Default)",
+    )
 
     @field_validator("include_kbs", "exclude_kbs", mode="before")
     @classmethod
@@ -159,6 +179,16 @@ class PatchSelection(BaseModel):
         if isinstance(names, tuple):
             return tuple(dict.fromkeys(known[name.lower()] for name in names))
         return names
+
+    @field_validator("update_service", mode="before")
+    @classmethod
+    def _update_service(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip() in ("", "null")):
+            return None
+        known = {service.value.lower(): service for service in UpdateService}
+        if isinstance(value, str) and value.strip().lower() in known:
+            return known[value.strip().lower()]
+        raise ValueError(f"must be one of {', '.join(s.value for s in UpdateService)}, not {value!r}")
 
     def admits(
         self,
@@ -210,7 +240,39 @@ def parse(parameters: dict[str, object] | None) -> PatchSelection:
 
 
 FIELDS = frozenset({"includeKbs", "excludeKbs", "classifications", "rebootPolicy", "scanOnly", "packageExclusions",
-                    "approveAfterDays", "severities"})
+                    "approveAfterDays", "severities", "updateService"})
+
+REFUSED: Mapping[str, Mapping[str, str]] = {
+    # package family (orchestrator/domain/packages.py) -> selection field -> why its package does not honour it.
+    # The Windows entries are windows-update.manifest.json's `"honoured": false` (a unit test keeps them equal).
+    "windows": {
+        "packageExclusions": "Linux package-name globs: Windows updates have no package names (use excludeKbs)",
+    },
+    "linux": {
+        "updateService": "a Windows Update service (WSUS, Windows Update, Microsoft Update): Linux packages use the "
+                         "host's configured repositories",
+    },
+}
+
+
+def unset(value: object) -> bool:
+    """A parameter value that sets nothing: None, "", "null" or an empty list (CLC's string parameters)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() in ("", "null")
+    return isinstance(value, list | tuple | set | frozenset) and not value
+
+
+def parse_for(family: str, parameters: dict[str, object] | None, package: str = "this package") -> PatchSelection:
+    """`parse`, then refuse every selection field that a package of `family` does not honour (REFUSED) and that
+    the parameters set: ValueError naming the field, the package and why."""
+    chosen = parse(parameters)
+    refused = REFUSED.get(family, {})
+    for name, value in (parameters or {}).items():
+        if name in refused and not unset(value):
+            raise ValueError(f"invalid package parameters: {name} is not supported by {package}: {refused[name]}")
+    return chosen
 
 
 def selection_of(parameters: dict[str, object] | None) -> PatchSelection:

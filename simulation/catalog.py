@@ -15,6 +15,7 @@ update was released (its WUA `LastDeploymentChangeTime`), older in early waves (
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +23,8 @@ from enum import StrEnum
 KB_PATTERN = re.compile(r"^KB\d{6,8}$")
 MSRC_SEVERITIES: tuple[str, ...] = ("Critical", "Important", "Moderate", "Low", "")  # "": Unspecified
 DAY = 86400.0
+UPDATE_ID_NAMESPACE = uuid.UUID("6f1d3a2e-8b7c-4e59-9a0d-2c4b6e8f1a3d")  # of the simulated UpdateIDs
+REVISION_NUMBER = 200  # IUpdate.Identity.RevisionNumber of every simulated update
 
 WINDOWS_2012 = "Windows 2012 Datacenter 64-bit"
 WINDOWS_2012R2 = "Windows 2012R2 Datacenter 64-bit"
@@ -79,6 +82,11 @@ class CatalogUpdate:
         if self.msrc_severity not in MSRC_SEVERITIES:
             raise ValueError(f"{self.kb}: MSRC severity {self.msrc_severity!r} is not one of {MSRC_SEVERITIES}")
         object.__setattr__(self, "classification", Classification(self.classification))
+
+    @property
+    def update_id(self) -> str:
+        """WUA's `IUpdate.Identity.UpdateID`: a GUID, the same for the same KB in every simulated fleet."""
+        return str(uuid.uuid5(UPDATE_ID_NAMESPACE, self.kb))
 
     def released_at(self, epoch: float) -> float:
         """When the update was released (a timestamp), for a server created at `epoch`."""

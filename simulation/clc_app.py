@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from orchestrator.ports import FleetError, FleetRefused
+from schemas.fleet import CycleReport, HeartbeatReport
 from simulation.clc_answers import CLC_BAD_CREDENTIALS, SERVER_ERROR, UNAUTHORIZED, hidden, json_message, server_json
 from simulation.clc_bodies import ExecutePackageBody, LoginBody, SetMaintenanceBody, package_invocation
 from simulation.clc_control_plane import ControlPlane, QueuedOperation, QueueEntry, SimUser
@@ -62,6 +63,7 @@ def current_user(request: Request, alias: str, authorization: Annotated[str | No
 
 Caller = Annotated[SimUser, Depends(current_user)]
 IdempotencyKey = Annotated[str | None, Header(alias=clc_wire.IDEMPOTENCY_HEADER)]
+ORCHESTRATOR_ONLY = frozenset(HeartbeatReport.model_fields) - frozenset(CycleReport.model_fields)
 ServerNames = Annotated[list[str], Body()]
 
 
@@ -188,7 +190,7 @@ def create_app(
             return json_message(404, f"No package run {key} on {server}.", code=clc_wire.PACKAGE_RUN_NOT_FOUND)
         if faults.hide_package_results:
             report = hidden(report)
-        return report.model_dump(mode="json")
+        return report.model_dump(mode="json", exclude=ORCHESTRATOR_ONLY)  # a control plane hears no heartbeats
 
     @app.get("/simulator/health")
     def health() -> Any:

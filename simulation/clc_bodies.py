@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -59,6 +60,11 @@ def package_invocation(package: PackageBody, header_key: str | None) -> tuple[Pa
     exclude = str(params.pop(clc_wire.PARAM_EXCLUDE_KBS, "") or "")
     report_url = params.pop(clc_wire.PARAM_REPORT_URL, None)
     report_token = params.pop(clc_wire.PARAM_REPORT_TOKEN, None)
+    deadline = str(params.pop(clc_wire.PARAM_DEADLINE, "") or "").strip()
+    heartbeat = str(params.pop(clc_wire.PARAM_HEARTBEAT_SECONDS, "") or "").strip()
+    service = str(params.pop(clc_wire.PARAM_UPDATE_SERVICE, "") or "").strip()
+    if service and service != "null":
+        params["updateService"] = service  # the selection field it came from (schemas/selection.py)
     try:
         cycle = int(params.pop(clc_wire.PARAM_CYCLE, 1) or 1)
         run = PackageRun(
@@ -67,8 +73,20 @@ def package_invocation(package: PackageBody, header_key: str | None) -> tuple[Pa
             cycle=cycle,
             exclude_kbs=tuple(kb.strip().upper() for kb in exclude.split(",") if kb.strip()),
             parameters=params,
+            deadline=_deadline(deadline),
+            heartbeat_seconds=int(heartbeat) if heartbeat not in ("", "null") else None,
         )
     except (ValueError, ValidationError) as exc:
         raise HTTPException(400, f"The package parameters are invalid: {exc}") from None
     report_to = (str(report_url), str(report_token)) if report_url and report_token else None
     return run, key, report_to
+
+
+def _deadline(text: str) -> datetime | None:
+    """patchaas.deadline as the package reads it: ISO-8601 (UTC without an offset) or epoch seconds; "" unset."""
+    if text in ("", "null"):
+        return None
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text), tz=UTC)
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

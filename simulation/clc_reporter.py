@@ -15,7 +15,7 @@ import httpx
 import tenacity
 
 from orchestrator.ports import FleetError
-from schemas.fleet import CycleReport, CycleState
+from schemas.fleet import CycleReport, CycleState, HeartbeatReport
 from simulation.clc_faults import Faults
 from simulation.fleet import SimulatedFleet
 from workers.fleet import clc_wire, throttle
@@ -33,6 +33,8 @@ class ReportLog:
     failed: int = 0  # retries ran out (5xx, network): the orchestrator polls the result instead
     dropped: int = 0  # never posted on purpose (Faults.report_drop_rate)
     duplicated: int = 0  # posted a second time on purpose (Faults.report_duplicate_rate)
+    heartbeats: int = 0  # running reports answered 202 while a cycle worked
+    heartbeats_refused: int = 0  # … answered 4xx: no more heartbeats for that cycle, as the package does
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, name: str) -> None:
@@ -42,7 +44,8 @@ class ReportLog:
     def as_json(self) -> dict[str, int]:
         with self._lock:
             return {name: getattr(self, name) for name in
-                    ("posted", "replayed", "refused", "failed", "dropped", "duplicated")}
+                    ("posted", "replayed", "refused", "failed", "dropped", "duplicated", "heartbeats",
+                     "heartbeats_refused")}
 
 
 @dataclass(frozen=True)
@@ -162,12 +165,37 @@ class Reporter:
             | tenacity.retry_if_result(lambda r: r is not None and r.state is CycleState.RUNNING),
             sleep=self._stop.wait,
         )
+        beats: dict[str, int] = {}
         try:
-            report = retrying(self.fleet.cycle_result, job.server, job.key)
+            report = retrying(self._cycle_result, job, beats)
         except (tenacity.RetryError, FleetError) as exc:
             log.warning("report of %s on %s: the cycle did not finish (%s)", job.key, job.server, exc)
             return None
         return report if report is not None and report.state is CycleState.FINISHED else None
+
+    def _cycle_result(self, job: ReportJob, beats: dict[str, int]) -> CycleReport | None:
+        """The cycle's report now; while it runs, each new heartbeat of the simulated package is posted as the
+        package posts it: a running report, `Idempotency-Key: <key>:heartbeat:<n>`, one attempt; a 4xx answer
+        ends the cycle's heartbeats."""
+        report = self.fleet.cycle_result(job.server, job.key)
+        if isinstance(report, HeartbeatReport) and "refused" not in beats and report.beats > beats.get("sent", 0):
+            beats["sent"] = report.beats
+            body = CycleReport.model_validate(report.model_dump(exclude={"heard_at", "beats"})).model_dump(mode="json")
+            headers = {"Authorization": f"Bearer {job.token}",
+                       clc_wire.IDEMPOTENCY_HEADER: f"{job.key}:heartbeat:{report.beats}"}
+            try:
+                answer = self._client.post(job.url, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                log.info("heartbeat %d of %s on %s not delivered: %s", report.beats, job.key, job.server, exc)
+                return report
+            if answer.status_code == 202:
+                self.log.count("heartbeats")
+            elif 400 <= answer.status_code < 500 and answer.status_code not in (408, 429):
+                beats["refused"] = answer.status_code
+                self.log.count("heartbeats_refused")
+                log.warning("heartbeat of %s on %s refused: HTTP %d %s", job.key, job.server, answer.status_code,
+                            _answer_message(answer))
+        return report
 
     def _until_finished(self, state: tenacity.RetryCallState) -> float:
         """How long a running cycle has left (the simulated package run takes `package_seconds`), at most
@@ -176,7 +204,7 @@ class Reporter:
         report = outcome.result() if outcome is not None and not outcome.failed else None
         if isinstance(report, CycleReport):
             left = report.started_at.timestamp() + self.fleet.timings.package_seconds - self.fleet.clock()
-            return min(1.0, max(0.01, left))
+            return min(1.0, left) if left > 0.01 else 0.25  # past its usual length: a long cycle, look 4 times a second
         return min(1.0, 0.05 * 2 ** (state.attempt_number - 1))
 
     def _post(self, job: ReportJob, body: dict[str, Any]) -> None:

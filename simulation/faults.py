@@ -6,7 +6,8 @@ The engine calls `hooks.reached(point, execution_id, step)` at four points (see 
 - ``after_effect``  the effect is done on the fleet, the transition not yet committed (window 2);
 - ``after_commit``  the transition is committed, the next step not yet handed to a worker;
 - ``after_email``   an email went out over SMTP, its outbox row is not yet marked sent
-                    (``execution_id`` is then the outbox id, ``step`` is ``deliver``).
+                    (``execution_id`` is then the outbox id, ``step`` is ``deliver``);
+- ``after_webhook`` a webhook delivery was POSTed, not yet marked (``execution_id`` is the delivery id).
 
 `CrashHooks` kills its own process with SIGKILL (no cleanup, no atexit, no flush: what the OOM killer or a
 power cut does) when a rule matches. Rules come from a spec, e.g. ``PATCHAAS_CRASH_POINTS``::
@@ -43,7 +44,7 @@ from pathlib import Path
 
 from orchestrator.settings import Settings
 
-POINTS: frozenset[str] = frozenset({"after_intent", "after_effect", "after_commit", "after_email"})
+POINTS: frozenset[str] = frozenset({"after_intent", "after_effect", "after_commit", "after_email", "after_webhook"})
 CRASH_LOG = "crashes.log"
 
 

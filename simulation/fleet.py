@@ -21,23 +21,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from orchestrator.ports import FleetError, FleetRefused
-from schemas import selection
 from schemas.fleet import (
     CycleReport,
     CycleState,
+    HeartbeatReport,
     PackageRun,
     PowerState,
     ResultCode,
     ServerStatus,
-    UpdateResult,
 )
+from simulation import bulk_effects
 from simulation.catalog import is_supported
+from simulation.package_run import HRESULT_ALL_FAILED, run_cycle
 from simulation.records import Document, Effect, EffectKind
-from simulation.server_state import ServerState, advance, install, scanned, search
+from simulation.server_state import ServerState, advance, search
 from simulation.specs import Scenario, SimServerSpec
 from simulation.store import FleetStore, MemoryStore, StoreSession
 
-HRESULT_ALL_FAILED = 0x80240022  # WU_E_ALL_UPDATES_FAILED: the batch HRESULT when nothing installed
+__all__ = ["HRESULT_ALL_FAILED", "SimTimings", "SimulatedFleet"]
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,11 @@ class SimulatedFleet:
                 answers[(server, key)] = _report(session.op(_PACKAGE, key), key, now)
         return answers
 
+    def perform_many(self, calls: Sequence[tuple[str, tuple[object, ...]]]) -> list[BaseException | None]:
+        """Many effect calls (operation, arguments) in one store transaction, each as its own call would do
+        it; their outcomes in order: None, or the exception it raised (simulation/bulk_effects.py)."""
+        return bulk_effects.perform_many(self, calls)
+
     def set_maintenance(self, server: str, on: bool, key: str) -> None:
         """Set the maintenance flag; every call is recorded (the control plane takes it even if unchanged)."""
         self._maybe_fail()
@@ -234,10 +240,10 @@ class SimulatedFleet:
             state.booting_until = now + self.timings.reboot_seconds
 
     def invoke_package(self, server: str, key: str, run: PackageRun) -> None:
-        """Run one cycle: search, install every offered update not excluded, keep the report under `key`.
-        The run's selection (schemas/selection.py) is applied as the package applies it: an update it does not
-        admit (release age and MSRC severity as of the fleet's clock now) is not installed, only listed in
-        the report's `excluded`."""
+        """Run one cycle as the package does (simulation/package_run.py): search, apply the run's selection
+        (schemas/selection.py; release age and MSRC severity as of the fleet's clock now: an update it does not
+        admit is only listed in the report's `excluded`), check what blocks an install, install, and keep the
+        report under `key`."""
         self._maybe_fail()
         with self._server(server) as (session, spec, state, now):
             if session.op(_PACKAGE, key) is not None:
@@ -248,53 +254,19 @@ class SimulatedFleet:
                 )
             if not state.up:
                 raise FleetError(f"server {spec.name} is not reachable")
-            offered = search(spec, state)
-            wanted = selection.selection_of(run.parameters)
-            skip = set(run.exclude_kbs)
-            searched = _datetime(now)
-            excluded = tuple(
-                u.kb for u in offered
-                if u.kb in skip or not wanted.admits(u.kb, str(u.classification),
-                                                     _datetime(u.released_at(state.epoch)), u.msrc_severity, searched)
-            )
-            results: list[UpdateResult] = []
-            for update in offered:
-                if update.kb in excluded:
-                    continue
-                if wanted.scan_only:  # report what would be installed, change nothing
-                    results.append(scanned(update))
-                    continue
-                results.append(install(spec, state, update))
-                session.record(Effect(spec.name, EffectKind.INSTALL, key, update.kb, now))
-            failed = sum(1 for result in results if result.result_code == ResultCode.FAILED)
-            if wanted.scan_only:
-                code, hresult = ResultCode.NOT_STARTED, 0
-            elif results and failed == len(results):
-                code, hresult = ResultCode.FAILED, HRESULT_ALL_FAILED
-            elif failed:
-                code, hresult = ResultCode.SUCCEEDED_WITH_ERRORS, 0
-            else:
-                code, hresult = ResultCode.SUCCEEDED, 0
-            finish_at = now + self.timings.package_seconds
-            report = CycleReport(
-                key=key,
-                state=CycleState.FINISHED,
-                started_at=_datetime(now),
-                finished_at=_datetime(finish_at),
-                updates=tuple(results),
-                result_code=code,
-                hresult=hresult,
-                reboot_required=state.pending_reboot,
-                excluded=excluded,
-            )
+            done = run_cycle(spec, state, run, key, now, self.timings.package_seconds)
+            for kb in done.installed:
+                session.record(Effect(spec.name, EffectKind.INSTALL, key, kb, now))
             session.put_op(
                 _PACKAGE,
                 key,
                 {
                     "cycle": run.cycle,
                     "started_at": now,
-                    "finish_at": finish_at,
-                    "report": report.model_dump(mode="json"),
+                    "finish_at": done.finish_at,
+                    "heartbeat_seconds": done.heartbeat_seconds,
+                    "phase": done.phase,
+                    "report": done.report.model_dump(mode="json"),
                 },
             )
 
@@ -351,12 +323,15 @@ def _report(job: Document | None, key: str, now: float) -> CycleReport | None:
     if job is None:
         return None
     if now < job["finish_at"]:
-        return CycleReport(
-            key=key,
-            state=CycleState.RUNNING,
-            started_at=_datetime(job["started_at"]),
-            result_code=ResultCode.IN_PROGRESS,
-        )
+        running = dict(key=key, state=CycleState.RUNNING, started_at=_datetime(job["started_at"]),
+                       result_code=ResultCode.IN_PROGRESS)
+        every = job.get("heartbeat_seconds") or 0
+        beats = int((now - job["started_at"]) // every) if every > 0 else 0
+        if beats < 1:
+            return CycleReport(**running)
+        # the package posts a heartbeat every `every` seconds: the last one was heard then
+        return HeartbeatReport(**running, phase=job.get("phase"), beats=beats,
+                               heard_at=_datetime(job["started_at"] + beats * every))
     return CycleReport.model_validate(job["report"])
 
 

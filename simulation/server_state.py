@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from schemas.fleet import PowerState, ResultCode, UpdateResult
-from simulation.catalog import CatalogUpdate, RebootBehavior
+from simulation.catalog import REVISION_NUMBER, CatalogUpdate, RebootBehavior
 from simulation.records import Document
 from simulation.specs import NON_BLOCKING_FAULTS, Fault, Scenario, SimServerSpec
 
@@ -29,6 +29,9 @@ class ServerState:
     pending_flag: bool = False  # a reboot pending from before the simulation (PENDING_REBOOT)
     attempts: dict[str, int] = field(default_factory=dict)  # install attempts per KB
     epoch: float = 0.0  # the fleet's clock when the server was created: update release ages count back from it
+    hidden_pending: bool = False  # a reboot pending that the control plane does not report (REBOOT_PENDING_INSTALL)
+    searches: int = 0  # package runs that searched (PARTIAL_SEARCH: the first fails, the second is partial)
+    runs: int = 0  # package runs that had something to install (INSTALLER_BUSY, PACKAGE_DIES, LONG_CYCLE)
 
     @property
     def up(self) -> bool:
@@ -50,6 +53,7 @@ class ServerState:
             power_state=spec.power_state,
             boots=1 if started else 0,
             pending_flag=spec.scenario is Scenario.PENDING_REBOOT,
+            hidden_pending=spec.scenario is Scenario.REBOOT_PENDING_INSTALL,
         )
 
     def to_doc(self) -> Document:
@@ -65,6 +69,9 @@ class ServerState:
             "pending_flag": self.pending_flag,
             "attempts": self.attempts,
             "epoch": self.epoch,
+            "hidden_pending": self.hidden_pending,
+            "searches": self.searches,
+            "runs": self.runs,
         }
 
     @classmethod
@@ -81,6 +88,9 @@ class ServerState:
             pending_flag=doc["pending_flag"],
             attempts=dict(doc["attempts"]),
             epoch=doc.get("epoch", 0.0),
+            hidden_pending=doc.get("hidden_pending", False),
+            searches=doc.get("searches", 0),
+            runs=doc.get("runs", 0),
         )
 
 
@@ -95,6 +105,7 @@ def advance(spec: SimServerSpec, state: ServerState, now: float) -> None:
             state.committed.append(kb)
     state.pending = []
     state.pending_flag = False
+    state.hidden_pending = False
 
 
 def search(spec: SimServerSpec, state: ServerState) -> list[CatalogUpdate]:
@@ -117,6 +128,7 @@ def scanned(update: CatalogUpdate) -> UpdateResult:
     return UpdateResult(
         kb=update.kb, title=update.title, url=update.url, classification=str(update.classification),
         result_code=ResultCode.NOT_STARTED, hresult=0, reboot_required=update.reboot_behavior == 1,
+        update_id=update.update_id, revision_number=REVISION_NUMBER,
     )
 
 
@@ -138,6 +150,8 @@ def install(spec: SimServerSpec, state: ServerState, update: CatalogUpdate) -> U
         result_code=ResultCode.FAILED if failed else ResultCode.SUCCEEDED,
         hresult=HRESULT_FATAL_INSTALL if failed else 0,
         reboot_required=reboot,
+        update_id=update.update_id,
+        revision_number=REVISION_NUMBER,
     )
 
 

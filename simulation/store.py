@@ -114,8 +114,10 @@ class MemoryStore:
             self._effects.extend(session.new_effects)
 
     @contextmanager
-    def many(self, servers: Sequence[str]) -> Iterator[dict[str, StoreSession]]:
-        """`session` for many servers at once (the known ones), in one critical section."""
+    def many(self, servers: Sequence[str], ops: Sequence[tuple[str, str, str]] = ()
+             ) -> Iterator[dict[str, StoreSession]]:
+        """`session` for many servers at once (the known ones), in one critical section (every operation can
+        be looked up: `ops` is for SqlStore's one read); what the sessions record is kept."""
         with self._lock:
             sessions = {
                 name: StoreSession(self._specs[name], _copy(self._states[name]),
@@ -125,6 +127,9 @@ class MemoryStore:
             yield sessions
             for name, session in sessions.items():
                 self._states[name] = session.state
+                for (kind, key), doc in session.new_ops.items():
+                    self._ops[(name, kind, key)] = doc
+                self._effects.extend(session.new_effects)
 
     def specs(self) -> list[Document]:
         with self._lock:
@@ -271,8 +276,9 @@ class SqlStore:
              ) -> Iterator[dict[str, StoreSession]]:
         """`session` for many servers in one transaction: the known ones, locked in name order (one lock
         order for every caller), their changed states written back in one statement. Only the operations
-        named in `ops` (server, kind, key) can be looked up, read in one statement; none are recorded (the
-        bulk reads, status and cycle results, record nothing)."""
+        named in `ops` (server, kind, key) can be looked up, read in one statement; the operations and
+        effects the sessions record (the bulk effects of simulation/bulk_effects.py; the bulk reads record
+        none) are written in one statement each."""
         names = sorted(set(servers))
         with self._guard(), self._engine.begin() as conn:
             rows = conn.execute(
@@ -296,12 +302,24 @@ class SqlStore:
             yield sessions
             changed = [{"b_name": name, "state": json.dumps(session.state)}
                        for name, session in sessions.items() if session.state != before[name]]
-            if changed:
+            if changed and conn.dialect.name == "postgresql":  # one statement (executemany is one per row)
+                conn.execute(sa.text(
+                    f"UPDATE {self.servers.name} AS s SET state = v.state FROM jsonb_to_recordset(CAST(:rows AS "
+                    "jsonb)) AS v(b_name text, state text) WHERE s.name = v.b_name"), {"rows": json.dumps(changed)})
+            elif changed:
                 conn.execute(
                     sa.update(self.servers).where(self.servers.c.name == sa.bindparam("b_name"))
                     .values(state=sa.bindparam("state")),
                     changed,
                 )
+            new_ops = [{"server": name, "kind": kind, "key": key, "doc": json.dumps(doc)}
+                       for name, session in sessions.items() for (kind, key), doc in session.new_ops.items()]
+            if new_ops:
+                conn.execute(sa.insert(self.ops), new_ops)
+            new_effects = [{"server": e.server, "kind": e.kind.value, "key": e.key, "kb": e.kb, "at": e.at}
+                           for session in sessions.values() for e in session.new_effects]
+            if new_effects:
+                conn.execute(sa.insert(self.effects_table), new_effects)
 
     def specs(self) -> list[Document]:
         with self._guard(), self._engine.connect() as conn:

@@ -22,6 +22,7 @@ from workers.queues import (
     ADVANCE_BATCH,
     DELIVER_BATCH,
     DELIVER_EMAIL,
+    DELIVER_WEBHOOKS,
     QUEUE,
     ROLLOUTS,
     TICK,
@@ -97,7 +98,7 @@ def create_app(settings: Settings, container: Callable[[], Container] | None = N
 
     @app.task(name=ADVANCE_BATCH, shared=False, **retry_db)
     def advance_batch(execution_ids: list[str]) -> str:
-        """Run the due steps of many executions in rounds that share their transactions (orchestrator/engine/rounds.py)."""
+        """Run the due steps of many executions in rounds that share their transactions (engine/rounds.py)."""
         from orchestrator.engine import rounds
 
         return rounds.run(holder.get().engine, execution_ids).summary()
@@ -121,11 +122,18 @@ def create_app(settings: Settings, container: Callable[[], Container] | None = N
 
     @app.task(name=DELIVER_BATCH, shared=False, **retry_db)
     def deliver_batch(outbox_ids: list[int]) -> str:
-        """Send many emails of the outbox: one transaction claims them, one marks them (orchestrator/engine/rounds.py)."""
+        """Send many emails of the outbox: one transaction claims them, one marks them (engine/handoff.py)."""
         from orchestrator.engine import handoff
 
         deliveries = handoff.deliver_many(holder.get().engine, outbox_ids)
         return f"{sum(d.sent for d in deliveries)} of {len(outbox_ids)} sent"
+
+    @app.task(name=DELIVER_WEBHOOKS, shared=False, **retry_db)
+    def deliver_webhooks(delivery_ids: list[int]) -> str:
+        """Sign and POST due webhook deliveries; mark them delivered or due again (orchestrator/engine/webhooks.py)."""
+        outbox = holder.get().engine.webhooks
+        attempts = outbox.deliver(delivery_ids) if outbox is not None else []
+        return f"{sum(a.delivered for a in attempts)} of {len(delivery_ids)} delivered"
 
     @app.task(name=ROLLOUTS, shared=False)
     def rollouts_gate() -> str:
@@ -147,6 +155,7 @@ def create_app(settings: Settings, container: Callable[[], Container] | None = N
 
         try:
             started = WindowService(holder.get().service).start_due()
+            WindowService(holder.get().service).close_due()  # window.closed events, once per occurrence
         except OperationalError as exc:
             log.warning("window pass skipped, the database is unreachable: %s", str(exc).splitlines()[0])
             return "skipped"

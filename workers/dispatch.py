@@ -44,6 +44,10 @@ class CeleryDispatcher:
     def deliver(self, outbox_id: int) -> None:
         self._send(queues.DELIVER_EMAIL, outbox_id, 0.0)
 
+    def deliver_webhooks(self, delivery_ids: list[int]) -> None:
+        """One message for some webhook deliveries: a task claims, sends and marks them (engine/webhooks.py)."""
+        self._send(queues.DELIVER_WEBHOOKS, list(delivery_ids), 0.0)
+
     def _send(self, task: str, arg: object, delay: float) -> None:
         down = time.monotonic() < self._down_until
         stop = stop_after_attempt(1) if down else stop_after_delay(self.retry_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from orchestrator.domain.execution import (
     Outcome,
@@ -38,11 +39,14 @@ class SetMaintenance:
 
 @dataclass(frozen=True)
 class InvokeUpdatePackage:
-    """Start cycle `cycle` of the update package, skipping quarantined KBs."""
+    """Start cycle `cycle` of the update package, skipping quarantined KBs; tell it when the engine stops waiting
+    for the cycle (`deadline`: no install starts too close to it) and how often to send heartbeats."""
 
     cycle: int
     key: str
     exclude_kbs: tuple[str, ...]
+    deadline: datetime | None = None
+    heartbeat_seconds: int = 0
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,14 @@ class Policy:
     poll_interval: timedelta = timedelta(seconds=30)
     max_attempts: int = 5
     max_kb_failures: int = 2
+    # issue 12: heartbeats, the hard ceiling of a cycle, and cycles blocked before installing
+    heartbeat_seconds: int = 300  # sent to the package (patchaas.heartbeatSeconds); 0: it sends none
+    heartbeat_grace: timedelta = timedelta(minutes=15)  # each heartbeat pushes the cycle's deadline to then + this
+    package_ceiling: timedelta = timedelta(hours=6)  # … but never past the invocation + this
+    busy_retries: int = 5  # cycles that found the installer busy (or another run's lock), per run, before failing
+    busy_backoff: timedelta = timedelta(minutes=2)  # the first wait before retrying such a cycle; doubles each time
+    busy_backoff_max: timedelta = timedelta(minutes=30)
+    max_pending_reboots: int = 3  # cycles in a row blocked by a pending reboot (each rebooted) before failing
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,9 @@ class ExecutionView:
     package_id: str = ""
     parameters: Mapping[str, object] = field(default_factory=dict)
     not_after: datetime | None = None  # a patch window's end minus its cutoff: no new update cycle after it
+    invoked_at: datetime | None = None  # when the running cycle was invoked: the heartbeat ceiling counts from it
+    account: str = ""  # the account alias: for log lines and traces only; no decision reads it
+    trace_parent: str | None = None  # W3C traceparent of the request that queued the run (traces only)
 
     @property
     def terminal(self) -> bool:

@@ -75,3 +75,29 @@ def quarantine_reason(quarantined: Mapping[str, str]) -> str:
     parts = [f"{kb} {why}" for kb, why in sorted(quarantined.items())]
     noun = "update" if len(parts) == 1 else "updates"
     return f"{len(parts)} {noun} could not be installed: " + "; ".join(parts)
+
+
+BLOCKED_WORDS: Mapping[str, str] = {  # schemas.fleet.BlockedBy
+    "reboot_pending": "a reboot is pending",
+    "installer_busy": "the Windows Update installer is busy",
+    "another_run": "another run holds the server's install lock",
+    "deadline": "too close to the cycle's deadline",
+}
+
+
+def blocked_end(blocked_by: str, urls: Iterable[str], remaining: int) -> str:
+    """The end message of a cycle that stopped installing (CycleReport.blocked_by): why, and what is left."""
+    found = list(urls)
+    done = f"; {len(found)} updates reported##{' '.join(found)}##" if found else ""
+    return (f"Update Install Blocked: {BLOCKED_WORDS.get(blocked_by, blocked_by)} ({blocked_by}); "
+            f"{remaining} updates left for the next cycle{done}")
+
+
+def search_warnings(warnings: Iterable[str], search_result_code: int | None = None) -> str:
+    """What a cycle's end message adds about its search: partial (3) and the WUA warnings, if any."""
+    listed = [w for w in warnings if w]
+    parts = ["the search was partial (result code 3)"] if search_result_code == 3 else []
+    if listed:
+        shown = "; ".join(listed[:5]) + (f"; and {len(listed) - 5} more" if len(listed) > 5 else "")
+        parts.append(f"search warnings: {shown}")
+    return f" [{'; '.join(parts)}]" if parts else ""

@@ -17,6 +17,14 @@ class Package:
         """Whether a server of `os_type` can be patched by this package."""
         return os_type in self.os_types
 
+    @property
+    def family(self) -> str:
+        """"windows" or "linux": which selection fields the package honours (schemas/selection.py REFUSED)."""
+        return "windows" if all(os_family(os_type) == "windows" for os_type in self.os_types) else "linux"
+
+    def describe(self) -> str:
+        return f"the {self.name} package ({self.id})"
+
 
 WINDOWS_2012 = frozenset({"Windows 2012 Datacenter 64-bit", "Windows 2012R2 Datacenter 64-bit"})
 # CLC osType spellings ("CentOS 6 64-bit", "RedHat Enterprise Linux 7 64-bit"), and today's RHEL family

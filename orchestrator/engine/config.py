@@ -7,7 +7,7 @@ from datetime import timedelta
 
 DEFAULT_BATCH_SIZE = 100  # executions per batch message at most (PATCHAAS_BATCH_SIZE)
 DEFAULT_BATCH_SPREAD = 8  # a hand-off is spread over at least this many messages, so every worker process gets some
-MAX_TICK_ROUNDS = 20  # a tick claims at most this many times `tick_batch` rows
+MAX_TICK_ROUNDS = 200  # a tick claims at most this many times `tick_batch` rows (and for its lookahead at most)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ def to_view(row: models.Execution) -> machine.ExecutionView:
         package_id=row.package_id,
         parameters=dict(row.parameters or {}),
         not_after=row.not_after,
+        invoked_at=row.invoked_at,
+        account=row.account_alias,
+        trace_parent=row.trace_parent,
     )
 
 
@@ -66,6 +69,7 @@ def _view_columns(view: machine.ExecutionView) -> dict[str, Any]:
         "installed_kbs": sorted(view.installed_kbs),
         "quarantined": dict(view.quarantined),
         "installed_count": view.installed_count,
+        "invoked_at": view.invoked_at,
     }
 
 
@@ -261,20 +265,27 @@ def claim_due(session: Session, now: datetime, redrive: timedelta, limit: int) -
 
 
 def claim_due_until(
-    session: Session, now: datetime, until: datetime, redrive: timedelta, limit: int
+    session: Session, now: datetime, until: datetime, redrive: timedelta, limit: int,
+    after: tuple[datetime, str] | None = None,
 ) -> list[tuple[str, datetime]]:
     """`claim_due` looking ahead: unleased, undispatched rows due by `until`, locked with SKIP LOCKED and
-    marked dispatched until `until` + their window; (id, due time), soonest first."""
+    marked dispatched until `until` + their window; (id, due time), soonest first (by due time, then id).
+    `after`, the (due time, id) of the last row a previous call of the same tick claimed, continues from
+    there (keyset on the partial index `ix_executions_due_id`, migration 0012) instead of reading again the
+    rows that call passed over: those it handed off, and those handed off earlier and still waiting."""
     table = models.Execution.__table__
+    keyset = [] if after is None else [table.c.next_run_at >= after[0], sa.or_(  # the first: the index's range
+        table.c.next_run_at > after[0], sa.and_(table.c.next_run_at == after[0], table.c.id > after[1]))]
     rows = session.execute(
         sa.select(table.c.id, table.c.next_run_at, table.c.lease_expires_at)
         .where(
             table.c.ended_at.is_(None),
             table.c.next_run_at <= until,
+            *keyset,
             sa.or_(table.c.dispatched_until.is_(None), table.c.dispatched_until < now),
             sa.or_(table.c.lease_expires_at.is_(None), table.c.lease_expires_at < now),
         )
-        .order_by(table.c.next_run_at)
+        .order_by(table.c.next_run_at, table.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()

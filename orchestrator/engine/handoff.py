@@ -4,6 +4,7 @@ outbox rows (one message each, or `deliver_many` for many, sent over one SMTP co
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from datetime import datetime, timedelta
@@ -113,19 +114,35 @@ def dispatch_due(engine: Stepper, now: datetime) -> int:
     countdown (the tick's own period by default), `tick_batch` rows at a time until fewer come back, and
     hands them to workers: what is due at once, the rest with a countdown to its time, in groups as wide
     as the claim's tolerance (`early`), so a timer is handled when it falls due rather than at the next
-    tick. A lost message costs `redrive`, as before: the rows stay marked only that long."""
+    tick. A lost message costs `redrive`, as before: the rows stay marked only that long.
+
+    Each claim continues after the last row the previous one took (`after`: a keyset on the due index), so
+    a tick of many rounds reads the rows due by `until` once, not once per round; countdowns are taken
+    from the clock when the round's rows are handed off, and the tick stops claiming once it has run as
+    long as its lookahead (the next tick takes over)."""
     cfg = engine.config
-    until = now + (cfg.short_countdown if cfg.tick_lookahead is None else cfg.tick_lookahead)
+    lookahead = cfg.short_countdown if cfg.tick_lookahead is None else cfg.tick_lookahead
+    until = now + lookahead
     width = cfg.early.total_seconds()
     total = 0
+    after: tuple[datetime, str] | None = None
+    started = time.monotonic()
     for _ in range(cfg.tick_max_rounds):
-        rows = engine.transaction(
-            lambda session: executions.claim_due_until(session, now, until, cfg.redrive, cfg.tick_batch))
+        at = engine.clock() if after is not None else now
+
+        def claim(session: Session, at: datetime = at, after: tuple[datetime, str] | None = after
+                  ) -> list[tuple[str, datetime]]:
+            return executions.claim_due_until(session, at, until, cfg.redrive, cfg.tick_batch, after=after)
+
+        rows = engine.transaction(claim)
         total += len(rows)
+        if rows:
+            after = (rows[-1][1], rows[-1][0])
+        handed_at = engine.clock()
         group: list[str] = []
         start = 0.0
         for execution_id, due in rows:
-            wait = max(0.0, (due - now).total_seconds())
+            wait = max(0.0, (due - handed_at).total_seconds())
             if group and wait - start >= width:
                 hand_off(engine.dispatcher, group, cfg.batch_size, spread=1, delay=start)  # timers spread already
                 group = []
@@ -135,6 +152,6 @@ def dispatch_due(engine: Stepper, now: datetime) -> int:
         if group:
             hand_off(engine.dispatcher, group, cfg.batch_size, spread=1 if start > 0 else cfg.batch_spread,
                      delay=start)
-        if len(rows) < cfg.tick_batch:
+        if len(rows) < cfg.tick_batch or time.monotonic() - started >= lookahead.total_seconds():
             break
     return total

@@ -40,7 +40,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from orchestrator.domain import machine
-from orchestrator.engine import executions, handoff, notifications
+from orchestrator.engine import effects, event_log, executions, handoff, notifications
 from orchestrator.engine.batch import (
     BatchConfig,
     BatchReport,
@@ -75,6 +75,7 @@ class _Step:
     conflict: bool = False
     command: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)  # claimed (for the step's duration)
 
 
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
@@ -161,7 +162,7 @@ class BatchRunner:
         engine = self.engine
         now = engine.clock()
         commands = {s.view.id: machine.command_for(s.view, now, engine.policy) for s in steps}
-        fleet = self._status_reader(steps, commands)
+        fleet = effects.RoundFleet(self._status_reader(steps, commands))  # effects recorded, done in bulk
         self._map(pool, lambda s: self._plan(s, now, commands[s.view.id], fleet), steps)
 
         waiting = [s for s in steps if s.pending_intent is not None and s.error is None]
@@ -177,11 +178,13 @@ class BatchRunner:
             for s in waiting:
                 if not s.conflict:
                     engine.hooks.reached("after_intent", s.view.id, s.state)
-            self._map(pool, self._act, [s for s in waiting if not s.conflict])
+            effects.perform(engine.fleet, fleet, [s for s in waiting if not s.conflict],  # effects.py
+                            lambda todo, parallel: self._map(pool if parallel else None, self._act, todo))
 
         return self._save(steps, report, chain)
 
     def _map(self, pool: ThreadPoolExecutor | None, fn: Callable[[_Step], None], steps: list[_Step]) -> None:
+        fn = self.engine.telemetry.in_step(fn)  # each step's work in its log context (orchestrator/observability)
         if pool is None or len(steps) < 2:
             for s in steps:
                 fn(s)
@@ -291,6 +294,7 @@ class BatchRunner:
         report.steps += outcome.saved
         report.retrying += outcome.released
         report.conflicts += outcome.conflicts
+        engine.telemetry.batch_done(steps, outcome.saved_ids)  # each step's outcome and duration
         for s, _ in planned:
             if s.view.id in outcome.saved_ids:
                 engine.hooks.reached("after_commit", s.view.id, s.view.state.value)
@@ -337,6 +341,8 @@ class BatchRunner:
         events = [e for e in (executions.event_values(s.view, d, now) for s, d, _ in saved) if e is not None]
         if events:
             session.execute(sa.insert(models.ExecutionEvent.__table__), events)
+        event_log.insert(session, [e for s, d, _ in saved  # run started/ended, cycles, quarantines: the webhooks'
+                                   for e in event_log.of_transition(s.view, d, rows[s.view.id].account_alias, now)])
         # every email of the round in four statements (the rows just written carry every column they need)
         out.outbox_ids += notifications.enqueue_many(
             session, [(rows[s.view.id], kind) for s, decision, _ in saved for kind in decision.emails], now,

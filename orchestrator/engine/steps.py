@@ -23,8 +23,9 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 
 from orchestrator import ports
 from orchestrator.domain import machine
-from orchestrator.engine import executions, notifications
+from orchestrator.engine import event_log, executions, notifications
 from orchestrator.engine.config import EngineConfig, compute_backoff
+from orchestrator.observability.telemetry import NULL_TELEMETRY, NullTelemetry
 from orchestrator.ports import Dispatcher, Fleet, FleetError, FleetRefused, Hooks
 from schemas.fleet import PackageRun, PowerState
 
@@ -81,6 +82,7 @@ class Stepper:
         mail_from: str,
         clock: Callable[[], datetime],
         hooks: Hooks | None = None,
+        telemetry: NullTelemetry | None = None,
     ) -> None:
         self.sessions = sessions
         self.fleet = fleet
@@ -91,12 +93,18 @@ class Stepper:
         self.mail_from = mail_from
         self.clock = clock
         self.hooks = hooks or NoHooks()
+        self.telemetry = telemetry or NULL_TELEMETRY  # metrics, log context, spans (orchestrator/observability)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # --- one step -----------------------------------------------------------------------------
 
     def advance(self, execution_id: str) -> StepResult:
         """Run the current step of `execution_id` if it is due and free."""
+        with self.telemetry.step() as watch:  # its duration, outcome, log context and span
+            result = watch.result = self._advance(execution_id, watch)
+            return result
+
+    def _advance(self, execution_id: str, watch: Any) -> StepResult:
         now = self.clock()
 
         def claim(session: Session) -> tuple[machine.ExecutionView, dict[str, Any] | None] | None:
@@ -110,6 +118,7 @@ class Stepper:
             return StepResult.NOT_DUE
         view, intent = claimed
         command = machine.command_for(view, now, self.policy)
+        watch.begin(view, command)
         try:
             event, view = self.perform(command, view, intent)
         except EffectFailed as failed:  # the intent moved the version: release from the new one
@@ -123,6 +132,7 @@ class Stepper:
             return self._retry_later(view, f"{type(command).__name__}: {describe_error(error)}", error)
         if view.version == 0:
             return StepResult.CONFLICT
+        watch.event = event
         return self._save(view, event)
 
     def transaction(self, work: Callable[[Session], T]) -> T:
@@ -151,6 +161,7 @@ class Stepper:
         def save(session: Session) -> list[int] | None:
             if not executions.save(session, view, decision, self.owner, now, dispatched_until):
                 return None
+            event_log.record_transition(session, view, decision, now)  # the events it implies (webhooks)
             outbox_ids: list[int] = []
             for kind in decision.emails:
                 row = session.get(executions.models.Execution, view.id, populate_existing=True)
@@ -224,6 +235,8 @@ class Stepper:
                         cycle=cycle,
                         exclude_kbs=exclude,
                         parameters=dict(view.parameters),
+                        deadline=command.deadline,  # when we stop waiting: the package plans its installs by it
+                        heartbeat_seconds=command.heartbeat_seconds,
                     )
                     view = effect(view, key, lambda: fleet.invoke_package(server, key, run))
                 return machine.PackageInvoked(), view

@@ -152,7 +152,8 @@ class Patchaas:
         service = windows.WindowService(self.service)
         if "waves" in changes:
             changes["waves"] = [list(w) for w in changes["waves"] or ()]
-        return service.update(alias, service.find(alias, str(window)), changes)
+        by = changes.pop("by", None)  # who, for the event log's audit trail
+        return service.update(alias, service.find(alias, str(window)), changes, by=by)
 
     def pause_window(self, alias: str, window: int | str) -> windows.WindowInfo:
         """No occurrence of the window starts until it is resumed (a running one goes on until its cutoff)."""
@@ -162,10 +163,10 @@ class Patchaas:
         """Resume a paused window from its next occurrence."""
         return self.update_window(alias, window, enabled=True)
 
-    def delete_window(self, alias: str, window: int | str) -> windows.WindowInfo:
+    def delete_window(self, alias: str, window: int | str, by: str | None = None) -> windows.WindowInfo:
         """Delete a window (by id or name): no further occurrence starts."""
         service = windows.WindowService(self.service)
-        return service.delete(alias, service.find(alias, str(window)))
+        return service.delete(alias, service.find(alias, str(window)), by=by)
 
     def history(self, alias: str, server: str, limit: int = 50, before: str | None = None) -> list[ExecutionSummary]:
         """The server's executions, newest first; pass the last id as `before` for the next page."""

@@ -56,7 +56,7 @@ def demo_settings(workdir: Path, smtp_url: str) -> Settings:
     """Embedded default with timings that make a multi-reboot run last seconds instead of hours."""
     return Settings(
         database_url=f"sqlite:///{workdir / 'demo.db'}",
-        broker_url="memory://",
+        broker_url="memory://localhost/",  # with a host: kombu warns "No hostname was supplied" otherwise
         smtp_url=smtp_url,
         sim_timings="demo",
         reboot_timeout_seconds=8,
@@ -67,6 +67,7 @@ def demo_settings(workdir: Path, smtp_url: str) -> Settings:
         redrive_seconds=3,
         lease_seconds=30,
         retry_backoff_seconds=0.5,
+        busy_backoff_seconds=1.0,  # the INSTALLER_BUSY server waits seconds for its installer, not minutes
     )
 
 
@@ -119,8 +120,8 @@ def _over_http(fleet: SimulatedFleet, settings: Settings) -> Iterator[tuple[Sett
 def run(workdir: Path = Path("var"), timeout: float = 90.0, console: Console | None = None,
         transport: str | None = None, linux: bool = False) -> int:
     """Run the demo; returns a process exit code (0 when every server reached its expected end). With
-    `linux`, real Linux test hosts are patched over SSH beside the simulated fleet (orchestrator/entrypoints/demo_linux.py;
-    root needed: exit code 2 and a message otherwise)."""
+    `linux`, real Linux test hosts are patched over SSH beside the simulated fleet
+    (orchestrator/entrypoints/demo_linux.py; root needed: exit code 2 and a message otherwise)."""
     from contextlib import ExitStack
 
     from orchestrator.entrypoints import demo_linux
@@ -269,6 +270,8 @@ def _watch(sessions: sa.orm.sessionmaker[sa.orm.Session], ids: list[str], timeou
             _pause(0.25)
             table, done = _progress(sessions, ids)
             live.update(table)
+    if not console.is_terminal:  # Live ends its last frame with a newline only on a terminal
+        console.line()
     return done
 
 

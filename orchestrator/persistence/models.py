@@ -78,9 +78,10 @@ class Execution(Base):
             postgresql_where=sa.text("ended_at IS NULL"),
             sqlite_where=sa.text("ended_at IS NULL"),
         ),
-        sa.Index(
-            "ix_executions_due",
+        sa.Index(  # the tick's keyset claims (next_run_at, id) of active rows (migration 0012)
+            "ix_executions_due_id",
             "next_run_at",
+            "id",
             postgresql_where=sa.text("ended_at IS NULL"),
             sqlite_where=sa.text("ended_at IS NULL"),
         ),
@@ -127,6 +128,11 @@ class Execution(Base):
     rollout_position: Mapped[int | None] = mapped_column(sa.Integer, default=None)
     rollout_wave: Mapped[int | None] = mapped_column(sa.Integer, default=None)
     not_after: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # the W3C traceparent of the request that queued the run, when traces are on (migration 0009; the run's first
+    # step continues that trace: orchestrator/observability/tracing.py)
+    trace_parent: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    # when the running cycle was invoked (migration 0011): heartbeats extend its deadline up to this + the ceiling
+    invoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -350,6 +356,7 @@ class WindowOccurrence(Base):
     rollout_id: Mapped[int | None] = mapped_column(sa.ForeignKey("rollouts.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     note: Mapped[str | None] = mapped_column(sa.Text)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)  # window.closed recorded (0010)
 
 
 class ReportToken(Base):

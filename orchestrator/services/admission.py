@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.domain import machine, messages, naming, packages
 from orchestrator.engine import notifications
+from orchestrator.observability import tracing
 from orchestrator.persistence import models
 from orchestrator.services.errors import CLC_NOT_QUEUED, ServiceError, busy_message, unsupported_message
 from schemas.patching import PackageRequest, QueuedServer
@@ -94,4 +95,5 @@ class Admission:
             "started_at": now,
             "updated_at": now,
             "begin_message": messages.EXECUTION_BEGIN,
+            "trace_parent": tracing.current_traceparent(),  # None while traces are off
         }

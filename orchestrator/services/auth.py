@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.domain import naming
+from orchestrator.engine import event_log
 from orchestrator.persistence import models
 from orchestrator.services.errors import Conflict, NotFound, ServiceError
 
@@ -232,6 +233,8 @@ class AuthService:
                         created_at=self.clock(),
                     )
                 )
+                event_log.record(session, alias, "user.created", self.clock(),
+                                 payload={"username": username, "roles": list(wanted)})
                 location = account.datacenter
         except IntegrityError:
             raise Conflict(f"user {username} already exists") from None
@@ -299,11 +302,15 @@ class AuthService:
         """Revoke every token of a user (a leaked token, a person leaving); how many there were."""
         key = check_username(username)
         with self.sessions.begin() as session:
-            user_id = session.scalar(sa.select(models.User.id).where(models.User.username == key))
-            if user_id is None:
+            user = session.execute(sa.select(models.User.id, models.User.account_alias)
+                                   .where(models.User.username == key)).first()
+            if user is None:
                 raise NotFound(f"user {key} not found")
-            done = session.execute(sa.delete(models.Token).where(models.Token.user_id == user_id))
-            return int(done.rowcount or 0)  # type: ignore[attr-defined]
+            done = session.execute(sa.delete(models.Token).where(models.Token.user_id == user.id))
+            revoked = int(done.rowcount or 0)  # type: ignore[attr-defined]
+            event_log.record(session, user.account_alias, "user.tokens_revoked", self.clock(),
+                             payload={"username": key, "revoked": revoked})
+            return revoked
 
     def authenticate(self, token: str | None) -> Principal:
         """The caller behind a bearer token, or Unauthorized (401)."""

@@ -6,9 +6,12 @@ it, and inserts the execution and its start email inside a savepoint, retrying a
 Here the same checks are made for all servers at once: the servers and their active executions are read
 with `IN` lists, the new executions are inserted with `ON CONFLICT DO NOTHING … RETURNING` (the unique
 index on a server's active execution still decides, even against a concurrent request), and their start
-emails in one more statement. Whatever the bulk insert did not take (an id collision, a server a
-concurrent request just took, a server named twice, a malformed name) goes through the per-server path
-in the same transaction, which answers it exactly as before.
+emails in one more statement, `INSERT_CHUNK` servers at a time. What the bulk insert did not take is looked
+at again in bulk: a server a concurrent request just took is answered busy, an id collision (execution ids
+are 6 random digits: a group action of 100,000 servers draws thousands of ids already taken) is inserted
+again with a new id. What is left after that (still colliding after `ID_ATTEMPTS`, a server named twice, a
+malformed name) goes through the per-server path in the same transaction, which answers it exactly as
+before.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from orchestrator.services.errors import CLC_NOT_QUEUED, busy_message, unsupport
 from schemas.patching import PackageRequest, QueuedServer
 
 CHUNK = 1000  # names per IN list
+INSERT_CHUNK = 5000  # executions built and inserted at a time (their columns are not all held at once)
+ID_ATTEMPTS = 5  # bulk inserts of the executions an id collision refused, before the per-server path
 
 Answer = tuple[QueuedServer, int | None]
 
@@ -64,7 +69,7 @@ def queue_many(
     servers = _servers(session, names)
     active = _active(session, names)
 
-    candidates: list[tuple[int, dict[str, Any]]] = []
+    accepted: list[tuple[int, str, str]] = []  # (index, server, datacenter): to insert
     for name, index in first.items():
         server = servers.get(name)
         if server is None or server.account_alias != alias:
@@ -76,23 +81,64 @@ def queue_many(
             message = busy_message(name, active[name])
             answers[index] = QueuedServer(server=name, is_queued=False, error_message=message), None
         else:
-            values = service.execution_values(name, server.datacenter, alias, pkg, package, requested_by, now)
-            candidates.append((index, values))
-
-    inserted = _insert_executions(session, dialect, [values for _, values in candidates])
-    taken: list[tuple[int, str, str]] = []  # (index, server, execution id)
-    for index, values in candidates:
-        if inserted.get(values["server_name"]) == values["id"]:
-            taken.append((index, values["server_name"], values["id"]))
-        else:
-            later.append(index)  # an id collision or a concurrent request: the per-server path looks again
-    outbox = _insert_start_emails(session, alias, [(name, eid) for _, name, eid in taken], now, service.redrive)
-    for index, name, eid in taken:
-        answers[index] = QueuedServer(server=name, is_queued=True, execution_id=eid), outbox.get(eid)
+            accepted.append((index, name, server.datacenter))
+    del servers, active
+    used: set[str] = set()  # the ids this request gave: never twice (the id space is 900,000 per datacenter)
+    for start in range(0, len(accepted), INSERT_CHUNK):  # the rows of one chunk at a time in memory
+        chunk = accepted[start:start + INSERT_CHUNK]
+        taken, left = _insert_with_retries(service, session, dialect, chunk, answers, used,
+                                           (alias, pkg, package, requested_by, now))
+        later += left
+        outbox = _insert_start_emails(session, alias, [(name, eid) for _, name, eid in taken], now, service.redrive)
+        for index, name, eid in taken:
+            answers[index] = QueuedServer(server=name, is_queued=True, execution_id=eid), outbox.get(eid)
     for index in sorted(later):
         answers[index] = service.queue_one(session, alias, raws[index], pkg, package, requested_by, now)
     assert all(a is not None for a in answers)
     return [a for a in answers if a is not None]
+
+
+def _insert_with_retries(
+    service: Admission, session: Session, dialect: str, chunk: list[tuple[int, str, str]],
+    answers: list[Answer | None], used: set[str], request: tuple[Any, ...],
+) -> tuple[list[tuple[int, str, str]], list[int]]:
+    """Insert the executions of `chunk` (index, server, datacenter) with fresh ids; what the unique keys
+    refused is looked at again in bulk: a server taken meanwhile by another request is answered busy (as
+    the per-server path would), an id collision gets a new id, up to `ID_ATTEMPTS` times. (inserted as
+    (index, server, execution id), the indexes left for the per-server path)."""
+    alias, pkg, package, requested_by, now = request
+    pending: list[tuple[int, str, str, dict[str, Any]]] = []
+    for index, name, datacenter in chunk:
+        values = service.execution_values(name, datacenter, alias, pkg, package, requested_by, now)
+        pending.append((index, name, datacenter, values))
+    taken: list[tuple[int, str, str]] = []
+    for attempt in range(ID_ATTEMPTS):
+        for _, _, datacenter, values in pending:
+            while values["id"] in used:
+                values["id"] = naming.new_execution_id(datacenter)
+            used.add(values["id"])
+        inserted = _insert_executions(session, dialect, [values for *_, values in pending])
+        refused = []
+        for item in pending:
+            index, name, _, values = item
+            if inserted.get(name) == values["id"]:
+                taken.append((index, name, values["id"]))
+            else:
+                refused.append(item)
+        if not refused or attempt == ID_ATTEMPTS - 1:
+            return taken, [index for index, *_ in refused]
+        busy = _active(session, [name for _, name, _, _ in refused])  # a concurrent request took the server
+        pending = []
+        for index, name, datacenter, values in refused:
+            if name in busy:
+                message = busy_message(name, busy[name])
+                answers[index] = QueuedServer(server=name, is_queued=False, error_message=message), None
+            else:
+                values["id"] = naming.new_execution_id(datacenter)  # an id collision: another id
+                pending.append((index, name, datacenter, values))
+        if not pending:
+            break
+    return taken, []
 
 
 def _chunks(items: Sequence[str]) -> list[Sequence[str]]:

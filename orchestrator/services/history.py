@@ -82,7 +82,7 @@ class PatchQueries(InventoryQueries):
         self.dispatcher = dispatcher
         self.clock = clock
         self.redrive = redrive  # what we dispatch right after commit, the tick leaves alone this long
-        self.bulk_from = 2  # requests for at least this many servers are accepted in bulk (orchestrator/services/bulk.py)
+        self.bulk_from = 2  # requests for at least this many servers are accepted in bulk (bulk.py)
         self.answers = AnswerCache()  # JSON of ended executions' summaries and details (REST hot paths)
         self._read_engine: Any = None
 

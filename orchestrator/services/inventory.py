@@ -96,6 +96,9 @@ class ServerInfo:
     power_state: str
     in_maintenance: bool
     active_execution_id: str | None
+    registered_at: datetime | None = None  # when patchaas first knew its account (no per-server record)
+    last_run_at: datetime | None = None  # the last time a run of patchaas changed anything on it
+    last_run_by: str | None = None  # who asked for that run
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class GroupInfo:
     parent_id: str | None
     servers: tuple[str, ...]
     groups: tuple[GroupInfo, ...]
+    registered_at: datetime | None = None  # when patchaas first knew its account (no per-group record)
 
 
 class InventoryQueries:
@@ -151,14 +155,17 @@ class InventoryQueries:
     # (`AnswerCache`): once `ended_at` is set nothing changes the execution, its cycles or its patches.
 
     def server(self, alias: str, server: str) -> ServerInfo:
-        """One server of the account (two queries: the server, its active execution)."""
+        """One server of the account (two queries: the server with its account, its newest execution, which
+        is the active one if any is: one execution per server at a time)."""
         with self.sessions() as session:
             row = self._server(session, alias, server)
-            active = session.scalar(
-                sa.select(models.Execution.id).where(
-                    models.Execution.server_name == row.name, models.Execution.ended_at.is_(None)
-                )
-            )
+            e = models.Execution
+            latest = session.execute(
+                sa.select(e.id, e.ended_at, e.updated_at, e.requested_by)
+                .where(e.server_name == row.name).order_by(e.created_at.desc(), e.id.desc()).limit(1)
+            ).first()
+            active = latest.id if latest is not None and latest.ended_at is None else None
+            account = session.get(models.Account, row.account_alias)  # in the identity map after _server's join
             return ServerInfo(
                 name=row.name,
                 account_alias=row.account_alias,
@@ -168,6 +175,9 @@ class InventoryQueries:
                 power_state=row.power_state,
                 in_maintenance=row.in_maintenance,
                 active_execution_id=active,
+                registered_at=account.created_at if account is not None else None,
+                last_run_at=latest.updated_at if latest is not None else None,
+                last_run_by=latest.requested_by if latest is not None else None,
             )
 
     def group(self, alias: str, group_id: str) -> GroupInfo:
@@ -179,7 +189,9 @@ class InventoryQueries:
             raise NotFound(str(exc)) from None
         with self.sessions() as session:
             rows = session.execute(
-                sa.select(models.Group.id, models.Group.name, models.Group.datacenter, models.Group.parent_id)
+                sa.select(models.Group.id, models.Group.name, models.Group.datacenter, models.Group.parent_id,
+                          models.Account.created_at)
+                .join(models.Account, models.Account.alias == models.Group.account_alias)
                 .where(models.Group.account_alias == alias)
                 .order_by(models.Group.id)
             ).all()
@@ -213,6 +225,7 @@ class InventoryQueries:
                 parent_id=row.parent_id,
                 servers=tuple(servers[node]),
                 groups=tuple(build(c, seen | {c}) for c in children[node] if c not in seen),
+                registered_at=row.created_at,
             )
 
         return build(gid, frozenset({gid}))
@@ -222,7 +235,11 @@ class InventoryQueries:
             name = naming.check_server_name(server)
         except naming.NamingError as exc:
             raise NotFound(str(exc)) from None
-        row = session.get(models.Server, name)
-        if row is None or row.account_alias != naming.check_alias(alias):
+        found = session.execute(
+            sa.select(models.Server, models.Account)
+            .join(models.Account, models.Account.alias == models.Server.account_alias)
+            .where(models.Server.name == name)
+        ).first()
+        if found is None or found[0].account_alias != naming.check_alias(alias):
             raise NotFound(f"server {server} not found")
-        return row
+        return found[0]

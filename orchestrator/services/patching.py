@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from orchestrator.domain import naming, packages, rate_control
-from orchestrator.engine import handoff
+from orchestrator.engine import event_log, handoff
 from orchestrator.persistence import models
 from orchestrator.services import bulk, rollouts
 from orchestrator.services.admission import Admission
@@ -61,7 +61,7 @@ class PatchService(Admission, PatchQueries):
         except packages.UnknownPackage as exc:
             raise ServiceError(str(exc)) from None
         try:
-            selection.parse(package.parameters)
+            selection.parse_for(pkg.family, package.parameters, pkg.describe())
         except ValueError as exc:
             raise ServiceError(str(exc)) from None
         if not servers:
@@ -80,6 +80,8 @@ class PatchService(Admission, PatchQueries):
                 answers.append(answer)
                 if answer.is_queued and answer.execution_id:
                     queued.append((answer.execution_id, outbox_id))
+            event_log.record_requests(session, alias, [(a.execution_id or "", a.server) for a in answers
+                                                        if a.is_queued and a.execution_id], requested_by, pkg.id, now)
         handoff.hand_off(self.dispatcher, [execution_id for execution_id, _ in queued])  # batches when it can
         handoff.hand_off_emails(self.dispatcher, [outbox_id for _, outbox_id in queued if outbox_id is not None])
         return answers
@@ -118,7 +120,7 @@ class PatchService(Admission, PatchQueries):
         gate release the first ones. The caller hands `released` and `outbox_ids` over after commit."""
         try:
             pkg = packages.get(package.package_id)
-            selection.parse(package.parameters)
+            selection.parse_for(pkg.family, package.parameters, pkg.describe())
         except (packages.UnknownPackage, ValueError) as exc:
             raise ServiceError(str(exc)) from None
         waves = [self._wave_members(session, alias, index, wave) for index, wave in enumerate(rate.waves, 1)]
@@ -141,6 +143,8 @@ class PatchService(Admission, PatchQueries):
         )
         session.add(row)
         session.flush()
+        event_log.record_requests(session, alias, [(a.execution_id or "", a.server) for a in queued], requested_by,
+                                  pkg.id, now, rollout_id=row.id)
         if queued:
             table = models.Execution.__table__
             session.execute(
@@ -184,5 +188,8 @@ class PatchService(Admission, PatchQueries):
                 row.cancelled_by = by[:200]
                 row.cancel_reason = (reason or "")[:2000] or None
                 row.next_run_at = min(row.next_run_at or self.clock(), self.clock())
+                event_log.record(session, row.account_alias, "run.cancel_requested", self.clock(),
+                                 execution_id=row.id, actor=row.cancelled_by,
+                                 payload={"server": row.server_name, "reason": row.cancel_reason})
         self.dispatcher.advance(row.id, 0.0)
         return self.detail(alias, server, execution_id)

@@ -12,122 +12,64 @@ On CLC the package reported every cycle to the patching service itself ("Invokin
   `schemas.fleet.CycleReport` (the model `schemas/cycle_report.schema.json` is generated from) and keeps one
   row per (execution, cycle key) in `cycle_reports`, inserted with ON CONFLICT DO NOTHING: the same report
   posted twice, or by two posts at once, is recorded once; a different body for a recorded key is a conflict.
-- **Reading.** `ReportingFleet.cycle_result` answers the recorded report of a cycle when there is one and
-  asks the fleet (packageRuns / queue status) otherwise, so the engine (`orchestrator/engine/steps.py`, unchanged)
-  reads the channel first and falls back to polling.
+- **Heartbeats.** A body with `state: running` (and `Idempotency-Key: <key>:heartbeat:<n>`) is a heartbeat:
+  kept apart by heartbeats.py, never as the cycle's report, answered 202; the final report of the cycle is
+  recorded as before. A heartbeat after the cycle's report, or after the execution ended, is a conflict (409:
+  the package then sends no more that cycle).
+- **Reading.** `ReportingFleet.cycle_result` (and `cycle_results`, in bulk) answers the recorded report of a
+  cycle when there is one and asks the fleet (packageRuns / queue status) otherwise, so the engine
+  (`orchestrator/engine/steps.py`) reads the channel first and falls back to polling; a cycle still running
+  whose package sent heartbeats is answered as its last heartbeat (`HeartbeatReport`), which extends its
+  deadline (orchestrator/domain/machine.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import sqlalchemy as sa
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.domain.machine import TERMINAL, State
+from orchestrator.domain.machine import State
 from orchestrator.persistence import models
 from orchestrator.ports import Fleet
-from orchestrator.services import auth
-from orchestrator.services.errors import Conflict, NotFound, ServiceError
-from schemas.fleet import WIRE_CONTEXT, CycleReport, CycleState, PackageRun, ServerStatus
+from orchestrator.services import auth, heartbeats
+from orchestrator.services.errors import Conflict, NotFound
+from orchestrator.services.report_rules import (
+    KEY_RE,
+    MAX_REPORT_BYTES,
+    REPORTS_PATH,
+    TERMINAL_STATES,
+    InvalidReport,
+    bearer_token,
+    body_digest,
+    canonical,
+    cycle_of,
+    describe,
+    execution_of,
+    parse_post,
+    parse_report,
+    report_url,
+)
+from schemas.fleet import CycleReport, CycleState, HeartbeatReport, PackageRun, ServerStatus
+
+__all__ = [  # the pure rules live in report_rules.py; callers keep naming them through this module
+    "KEY_RE", "MAX_REPORT_BYTES", "REPORTS_PATH", "InvalidReport", "Recorded", "ReportChannel", "ReportUnauthorized",
+    "ReportingFleet", "bearer_token", "body_digest", "canonical", "cycle_of", "describe", "execution_of",
+    "parse_post", "parse_report", "report_url",
+]
 
 log = logging.getLogger(__name__)
-
-REPORTS_PATH = "/v2/patchaas/executions/{execution_id}/reports"
-KEY_RE = re.compile(r"^(?P<execution>[A-Z]{2}[0-9]-[0-9]{6}):package:(?P<cycle>[0-9]{1,4})$")
-MAX_REPORT_BYTES = 512 * 1024  # a report of 500 updates with long titles is ~150 KB
-TERMINAL_STATES: frozenset[str] = frozenset(state.value for state in TERMINAL)
-
-
-class InvalidReport(ServiceError):
-    """The body is not a valid cycle report (400, with the rule it broke)."""
-
-    status = 400
 
 
 class ReportUnauthorized(auth.Unauthorized):
     """No report token, or one that is not a token of this execution (401)."""
-
-
-# --- pure rules (unit-tested without I/O) ------------------------------------------------------
-
-
-def report_url(base_url: str, execution_id: str) -> str:
-    """Where the package of `execution_id` posts its reports: the API's external base URL + the path."""
-    return base_url.rstrip("/") + REPORTS_PATH.format(execution_id=quote(execution_id, safe=""))
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header; None when absent or of another scheme."""
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 200:
-        return None
-    return token
-
-
-def cycle_of(key: str, execution_id: str) -> int:
-    """The cycle number of a report key, which must be a cycle of `execution_id` (`VA1-132457:package:2`)."""
-    match = KEY_RE.match(key)
-    if match is None or match["execution"] != execution_id or int(match["cycle"]) < 1:
-        raise InvalidReport(
-            f"body field key: {key[:120]!r} is not a cycle of execution {execution_id} "
-            f"(expected {execution_id}:package:<cycle>, the patchaas.idempotencyKey parameter)"
-        )
-    return int(match["cycle"])
-
-
-def describe(errors: Sequence[Mapping[str, Any]]) -> str:
-    """Pydantic's errors as one sentence: where, and the rule that was broken (as the REST API words them)."""
-    parts: list[str] = []
-    for err in errors[:5]:
-        if err.get("type") == "json_invalid":
-            parts.append("the body is not valid JSON")
-            continue
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"body field {where}: {err.get('msg', 'is not valid')}" if where
-                     else f"the body: {err.get('msg', 'is not valid')} (one cycle report)")
-    if len(errors) > 5:
-        parts.append(f"and {len(errors) - 5} more")
-    return "; ".join(parts) or "the report is not valid"
-
-
-def parse_report(raw: bytes) -> CycleReport:
-    """A posted body as a final CycleReport, validated strictly (what the JSON Schema allows, no coercion)."""
-    if not raw.strip():
-        raise InvalidReport("the request needs a JSON body: one cycle report (schemas/cycle_report.schema.json)")
-    if len(raw) > MAX_REPORT_BYTES:
-        raise InvalidReport(f"a cycle report may not exceed {MAX_REPORT_BYTES} bytes")
-    try:
-        report = CycleReport.model_validate_json(raw, strict=True, context=WIRE_CONTEXT)
-    except ValidationError as exc:
-        raise InvalidReport(describe(exc.errors(include_url=False))) from None
-    if report.state is not CycleState.FINISHED:
-        raise InvalidReport(
-            f"body field state: a report is posted when the cycle has finished ('finished'), not {report.state.value!r}"
-        )
-    return report
-
-
-def canonical(report: CycleReport) -> dict[str, Any]:
-    """The report as it is stored and compared: the model's JSON (HRESULTs unsigned, times normalised)."""
-    return report.model_dump(mode="json")
-
-
-def body_digest(body: Mapping[str, Any]) -> str:
-    """SHA-256 of a canonical body: two posts of the same report have the same digest."""
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- the channel -------------------------------------------------------------------------------
@@ -142,15 +84,19 @@ class Recorded:
     cycle: int
     received_at: datetime
     created: bool
+    heartbeat: int | None = None  # a heartbeat (state running): the beats heard for the cycle so far
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "executionId": self.execution_id,
             "key": self.key,
             "cycle": self.cycle,
             "recorded": self.created,
             "receivedAt": self.received_at.isoformat().replace("+00:00", "Z"),
         }
+        if self.heartbeat is not None:
+            answer["heartbeats"] = self.heartbeat
+        return answer
 
 
 class ReportChannel:
@@ -183,13 +129,16 @@ class ReportChannel:
             )
         return token
 
-    def record(self, execution_id: str, authorization: str | None, raw: bytes) -> Recorded:
-        """Check and record one posted report. Raises ReportUnauthorized (401), NotFound (404), InvalidReport
-        (400) or Conflict (409: the execution has ended, or a different report of that cycle was recorded)."""
+    def record(self, execution_id: str, authorization: str | None, raw: bytes,
+               idempotency_key: str | None = None) -> Recorded:
+        """Check and record one posted report, or keep one heartbeat (`state: running`, `idempotency_key`
+        `<key>:heartbeat:<n>`: heartbeats.py), which is never the cycle's result. Raises ReportUnauthorized (401),
+        NotFound (404), InvalidReport (400) or Conflict (409: the execution has ended, a different report of that
+        cycle was recorded, or a heartbeat came after the cycle's report)."""
         token = bearer_token(authorization)
         if token is None:
             raise ReportUnauthorized("the report channel needs `Authorization: Bearer <patchaas.reportToken>`")
-        done, woken = self._record(execution_id, token, raw)
+        done, woken = self._record(execution_id, token, raw, idempotency_key)
         if woken and self.wake is not None:
             try:
                 self.wake(execution_id)
@@ -197,7 +146,8 @@ class ReportChannel:
                 log.warning("report of %s recorded; waking the execution failed: %s", done.key, exc)
         return done
 
-    def _record(self, execution_id: str, token: str, raw: bytes) -> tuple[Recorded, bool]:
+    def _record(self, execution_id: str, token: str, raw: bytes,
+                idempotency_key: str | None = None) -> tuple[Recorded, bool]:
         with self.sessions.begin() as session:
             execution = session.execute(
                 sa.select(models.Execution.id, models.Execution.state).where(models.Execution.id == execution_id)
@@ -212,8 +162,10 @@ class ReportChannel:
             )
             if known is None:
                 raise ReportUnauthorized(f"the token is not a report token of execution {execution_id}")
-            report = parse_report(raw)
+            report = parse_post(raw)
             cycle = cycle_of(report.key, execution_id)
+            if report.state is CycleState.RUNNING:
+                return self._heartbeat(session, execution_id, execution.state, report, cycle, idempotency_key), False
             body = canonical(report)
             digest = body_digest(body)
             earlier = self._existing(session, execution_id, report.key, digest)
@@ -235,6 +187,37 @@ class ReportChannel:
             if earlier is None:  # pragma: no cover - the row that blocked the insert is gone (execution deleted)
                 raise Conflict(f"the report of {report.key} changed while it was being recorded; post it again")
             return earlier, False
+
+    def _heartbeat(self, session: Session, execution_id: str, state: str, report: CycleReport, cycle: int,
+                   idempotency_key: str | None) -> Recorded:
+        sequence = heartbeats.sequence_of(idempotency_key, report.key)
+        if sequence is None:
+            raise InvalidReport(f"header Idempotency-Key: a heartbeat of {report.key} is sent as "
+                                f"{report.key}:heartbeat:<n>, not {str(idempotency_key)[:120]!r}")
+        if state in TERMINAL_STATES:
+            raise Conflict(f"execution {execution_id} has finished ({state}): it accepts no more heartbeats")
+        if heartbeats.final_recorded(session, execution_id, report.key):
+            raise Conflict(f"the report of {report.key} was recorded: the cycle has finished, send no more heartbeats")
+        now = self.clock()
+        beats = heartbeats.record(session, execution_id, report, cycle, sequence, now)
+        return Recorded(execution_id, report.key, cycle, now, created=True, heartbeat=beats)
+
+    def heartbeats(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], HeartbeatReport]:
+        """The last heartbeat of each (execution, cycle key) that has one."""
+        with self.sessions() as session:
+            return heartbeats.latest(session, pairs)
+
+    def recorded_many(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], CycleReport]:
+        """`recorded` of many (execution, cycle key) pairs: one statement."""
+        if not pairs:
+            return {}
+        record = models.CycleReportRecord
+        with self.sessions() as session:
+            rows = session.execute(sa.select(record.execution_id, record.cycle_key, record.body).where(
+                record.execution_id.in_({e for e, _ in pairs}), record.cycle_key.in_({k for _, k in pairs}))).all()
+        wanted = set(pairs)
+        return {(r.execution_id, r.cycle_key): CycleReport.model_validate(r.body) for r in rows
+                if (r.execution_id, r.cycle_key) in wanted}
 
     def recorded(self, execution_id: str, key: str) -> CycleReport | None:
         """The report recorded for cycle `key` of `execution_id`, if the package posted one."""
@@ -298,12 +281,6 @@ def _insert_once(session: Session, values: dict[str, Any]) -> Any:
 # --- the engine's view: a fleet that reads the channel first -------------------------------------
 
 
-def execution_of(key: str) -> str | None:
-    """The execution id a package-run key belongs to (`VA1-132457:package:2` → `VA1-132457`)."""
-    match = KEY_RE.match(key)
-    return match["execution"] if match else None
-
-
 class ReportingFleet:
     """Wraps the fleet driver: offers the report channel to every package run, and answers a cycle's result
     from the recorded report before asking the fleet. The rest of `Fleet` passes through unchanged."""
@@ -340,6 +317,8 @@ class ReportingFleet:
         self.inner.invoke_package(server, key, offered)
 
     def cycle_result(self, server: str, key: str) -> CycleReport | None:
+        """The recorded report of the cycle, else the fleet's answer; a cycle still running (or that the fleet
+        does not know) whose package sent heartbeats is answered as its last heartbeat (HeartbeatReport)."""
         execution_id = execution_of(key)
         if execution_id is not None:
             report = self.channel.recorded(execution_id, key)
@@ -349,8 +328,50 @@ class ReportingFleet:
         answer = self.inner.cycle_result(server, key)
         if answer is not None and answer.state is CycleState.FINISHED:
             self.from_fleet += 1
-        return answer
+            return answer
+        if execution_id is None:
+            return answer
+        beat = self.channel.heartbeats([(execution_id, key)]).get((execution_id, key))
+        return _alive(answer, beat)
+
+    def cycle_results(self, items: Sequence[tuple[str, str]]) -> dict[tuple[str, str], CycleReport | None]:
+        """`cycle_result` of many (server, key) pairs: the channel's reports and heartbeats in two statements,
+        the fleet's bulk read (when it has one) for the rest."""
+        pairs = {(server, key): execution_of(key) for server, key in items}
+        known = [(e, key) for (_, key), e in pairs.items() if e is not None]
+        recorded = self.channel.recorded_many(known)
+        answers: dict[tuple[str, str], CycleReport | None] = {}
+        rest = []
+        for (server, key), execution_id in pairs.items():
+            if execution_id is not None and (execution_id, key) in recorded:
+                self.from_channel += 1
+                answers[(server, key)] = recorded[(execution_id, key)]
+            else:
+                rest.append((server, key))
+        bulk = getattr(self.inner, "cycle_results", None)
+        inner = bulk(rest) if bulk is not None and rest else {item: self.inner.cycle_result(*item) for item in rest}
+        beats = self.channel.heartbeats(known)
+        for server, key in rest:
+            if (server, key) not in inner:
+                continue  # unknown to the fleet: its own cycle_result says why
+            answer = inner[(server, key)]
+            if answer is not None and answer.state is CycleState.FINISHED:
+                self.from_fleet += 1
+                answers[(server, key)] = answer
+                continue
+            execution_id = pairs[(server, key)]
+            answers[(server, key)] = _alive(answer, beats.get((execution_id, key)) if execution_id else None)
+        return answers
 
     def __getattr__(self, name: str) -> Any:
         """Anything else the driver offers (a simulated fleet's `effects`, a driver's `close`)."""
         return getattr(self.inner, name)
+
+
+def _alive(answer: CycleReport | None, beat: HeartbeatReport | None) -> CycleReport | None:
+    """A running (or unknown) cycle as the engine reads it: its last heartbeat when there is one."""
+    if beat is None:
+        return answer
+    if isinstance(answer, HeartbeatReport) and answer.heard_at > beat.heard_at:
+        return answer  # the fleet heard a later one itself (a simulated fleet)
+    return beat

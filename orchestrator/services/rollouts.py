@@ -30,8 +30,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator.domain import event_log as event_facts
 from orchestrator.domain import machine, messages
-from orchestrator.engine import handoff, notifications
+from orchestrator.engine import event_log, handoff, notifications
 from orchestrator.persistence import models
 
 log = logging.getLogger(__name__)
@@ -211,15 +212,22 @@ def apply(session: Session, rollout: models.Rollout, now: datetime, redrive: tim
                     cancelled_by=ROLLOUT, cancel_reason=reason, failure_reason=reason,
                     end_message=messages.execution_end(machine.State.CANCELLED.value, reason),
                     ended_at=now, updated_at=now, version=table.c.version + 1)
-        )
-        if done.rowcount == 1:
+            .returning(table.c.server_name)
+        ).scalar_one_or_none()
+        if done is not None:
             skipped += 1
+            event_log.record_facts(session, rollout.account_alias,
+                                   [event_facts.skipped(execution_id, done, reason, rollout.id)], now)
             session.add(models.ExecutionEvent(
                 execution_id=execution_id, at=now, from_state=machine.State.REQUESTED.value,
                 to_state=machine.State.CANCELLED.value, cycle=0, note=reason))
     if decision.state is RolloutState.STOPPED and rollout.stop_reason is None:
         rollout.stop_reason = decision.reason
         log.warning("rollout %s stopped: %s", rollout.id, decision.reason)
+        failed = sum(m.status is MemberStatus.FAILED for m in members)
+        event_log.record(session, rollout.account_alias, "rollout.halted", now, payload={
+            "rolloutId": rollout.id, "reason": decision.reason, "total": len(members), "failed": failed,
+            "skipped": skipped, "running": decision.running, "requestedBy": rollout.requested_by})
     rollout.state = decision.state.value
     rollout.updated_at = now
     if decision.ended and rollout.ended_at is None:

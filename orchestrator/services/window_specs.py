@@ -101,8 +101,9 @@ def validate(spec: WindowSpec, default_package: str) -> ValidWindow:
                                     "(VA1OSDPATCH01)")
     package_id = spec.package_id or default_package
     try:
-        package_id = packages.get(package_id).id
-        selection.parse(dict(spec.parameters or {}))
+        pkg = packages.get(package_id)
+        package_id = pkg.id
+        selection.parse_for(pkg.family, dict(spec.parameters or {}), pkg.describe())
     except (packages.UnknownPackage, ValueError) as exc:
         raise ScheduleError(str(exc)) from None
     return ValidWindow(name, tuple(dict.fromkeys(servers)), tuple(dict.fromkeys(groups)), schedule, tz, duration,

@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator.domain import naming, rate_control, schedules
+from orchestrator.engine import event_log
 from orchestrator.persistence import models
 from orchestrator.services import rollouts, window_specs
 from orchestrator.settings import DEFAULT_PACKAGE_ID
@@ -121,9 +122,10 @@ class WindowService:
                     session.flush()
             except IntegrityError:
                 raise Conflict(f"account {alias} already has a window named {valid.name!r}") from None
+            event_log.record(session, alias, "window.created", now, actor=created_by, payload=_about(row))
             return self._info(session, row, now)
 
-    def update(self, alias: str, window_id: int, changes: Mapping[str, Any]) -> WindowInfo:
+    def update(self, alias: str, window_id: int, changes: Mapping[str, Any], by: str | None = None) -> WindowInfo:
         """Change a window: any WindowSpec field (a new `cron` replaces a `monthly` rule and vice versa) and
         `enabled` (False pauses it: no occurrence starts, a running one goes on until its cutoff). A change
         applies from the next occurrence that starts after it: an occurrence already open is neither
@@ -152,8 +154,13 @@ class WindowService:
                 if taken is not None:
                     raise Conflict(f"account {row.account_alias} already has a window named {valid.name!r}")
                 window_specs.apply_spec(row, valid, now)
+            if definition:
+                event_log.record(session, row.account_alias, "window.updated", now, actor=by,
+                                 payload={**_about(row), "changed": sorted(definition)})
             if "enabled" in changes and row.enabled != bool(changes["enabled"]):
                 row.enabled, row.updated_at = bool(changes["enabled"]), now
+                event_log.record(session, row.account_alias, "window.resumed" if row.enabled else "window.paused",
+                                 now, actor=by, payload=_about(row))
             try:
                 session.flush()
             except IntegrityError:  # renamed concurrently to the same name: this transaction rolls back
@@ -195,11 +202,12 @@ class WindowService:
         with self.sessions() as session:
             return self._info(session, self._window(session, alias, window_id), self.clock(), recent=10)
 
-    def delete(self, alias: str, window_id: int) -> WindowInfo:
+    def delete(self, alias: str, window_id: int, by: str | None = None) -> WindowInfo:
         """Remove the window: no further occurrence starts; a running one goes on until its cutoff."""
         with self.sessions.begin() as session:
             row = self._window(session, alias, window_id)
             info = self._info(session, row, self.clock(), recent=0)
+            event_log.record(session, row.account_alias, "window.deleted", self.clock(), actor=by, payload=_about(row))
             session.delete(row)
         return info
 
@@ -320,11 +328,33 @@ class WindowService:
             occurrence.rollout_id = launch.rollout_id if launch else None
             occurrence.note = "; ".join(notes)[:4000] or None
             queued = sum(a.is_queued for a in launch.answers) if launch else 0
+            event_log.record(session, window.account_alias, "window.opened", now, payload={
+                **_about(window), "startsAt": start.isoformat(), "endsAt": ends_at.isoformat(),
+                "notAfter": not_after.isoformat(), "rolloutId": occurrence.rollout_id, "queued": queued,
+                "note": occurrence.note})
             log.info("window %s: occurrence %s started, %d servers queued (rollout %s)", window_id,
                      start.isoformat(), queued, occurrence.rollout_id)
         if launch is not None:
             rollouts.hand_off(self.service.dispatcher, launch.released, launch.outbox_ids)
         return Started(window_id, start, launch.rollout_id if launch else None, queued, occurrence.note)
+
+    def close_due(self) -> int:
+        """Record `window.closed` once per occurrence whose end minus cutoff has passed (UPDATE … RETURNING
+        on `closed_at`: a repeated or concurrent pass records nothing twice); how many closed."""
+        now = self.clock()
+        table = models.WindowOccurrence.__table__
+        with self.sessions.begin() as session:
+            closed = session.execute(sa.update(table).where(table.c.closed_at.is_(None), table.c.not_after <= now)
+                                     .values(closed_at=now).returning(table.c.window_id, table.c.starts_at,
+                                                                      table.c.not_after, table.c.rollout_id)).all()
+            for c in closed:
+                window = session.get(models.PatchWindow, c.window_id)
+                rollout = session.get(models.Rollout, c.rollout_id) if c.rollout_id else None
+                if window is not None:
+                    event_log.record(session, window.account_alias, "window.closed", now, payload={
+                        **_about(window), "startsAt": c.starts_at.isoformat(), "notAfter": c.not_after.isoformat(),
+                        "rolloutId": c.rollout_id, "counts": rollouts.info(session, rollout).counts if rollout else {}})
+        return len(closed)
 
     def _targets(self, session: Session, window: models.PatchWindow) -> tuple[list[str], list[str]]:
         """The window's servers, then those of its groups (nested included), once each; groups that
@@ -339,6 +369,10 @@ class WindowService:
             except ServiceError as exc:
                 notes.append(exc.message)
         return list(dict.fromkeys(names)), notes
+
+
+def _about(window: models.PatchWindow) -> dict[str, Any]:
+    return {"windowId": window.id, "name": window.name}
 
 
 def _insert_once(session: Session, window_id: int, start: datetime, ends_at: datetime, not_after: datetime,

@@ -17,7 +17,7 @@ def test_demo_patches_the_fleet_to_the_end(tmp_path: Path) -> None:
     code = demo.run(tmp_path, timeout=90, console=Console(file=out, width=160))
     text = out.getvalue()
     assert code == 0, text[-4000:]
-    assert "Emails received by the SMTP server: 20" in text
+    assert "Emails received by the SMTP server: 30" in text
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'demo.db'}")
     with engine.connect() as conn:
         states = dict(conn.execute(sa.select(models.Execution.state, sa.func.count()).group_by(
@@ -37,7 +37,7 @@ def test_demo_over_http_patches_through_the_clc_driver_and_the_report_channel(tm
     text = out.getvalue()
     assert code == 0, text[-4000:]
     assert "Over HTTP: the CLC simulator on http://127.0.0.1:" in text
-    assert "Emails received by the SMTP server: 20" in text
+    assert "Emails received by the SMTP server: 30" in text
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'demo.db'}")
     with engine.connect() as conn:
         states = dict(conn.execute(sa.select(models.Execution.state, sa.func.count()).group_by(

@@ -26,6 +26,11 @@ def test_transitions_bench_runs(redis_url: str) -> None:
     if shutil.which("pgbench"):
         assert result["pgbench"]["tps"] > 0
     assert "transitions" in result["table"]
+    # metrics off and on in the same run (bench/metrics_switch.py): on, the worker's exporter counted every step
+    runs = dict(result["runs"])
+    assert set(runs) == {"off", "on"} and runs["off"]["events"] == runs["on"]["events"]
+    assert runs["on"]["metrics"]["steps"] >= runs["on"]["events"] and not runs["off"]["metrics"]
+    assert "on ÷ off" in result["cost"]
 
 
 def test_fleet_scale_bench_runs(redis_url: str) -> None:
@@ -37,12 +42,16 @@ def test_fleet_scale_bench_runs(redis_url: str) -> None:
     for label in ("one step per task", "batches"):
         assert result["statements"][label]["per_step"] > 0
     assert "executions" in result["plan"]
+    runs = dict(result["runs"])
+    assert set(runs) == {"off", "on"} and runs["on"]["metrics"]["steps"] >= runs["on"]["steps"] / 2
+    assert "on ÷ off, in process, batches" in result["cost"]
 
 
 def test_api_bench_runs(redis_url: str) -> None:
     result = api.main(["--tiny", "--pg-admin-url", PG_ADMIN_URL, "--seconds", "1", "--connections", "4",
                        "--workers", "1"])
-    assert len(result["results"]) == 3
+    assert len(result["results"]) == 5  # the trivial endpoint, two JSON answers, two console pages
+    assert all(measured["non_2xx"] == 0 for measured in result["one_client"].values())
     for measured in result["results"].values():
         assert measured["requests"] > 0 and measured["rps"] > 0 and measured["non_2xx"] == 0
     assert all(count >= 0 for count in result["statements"].values())

@@ -54,3 +54,41 @@ def test_the_api_health_check_asks_a_route_the_api_serves() -> None:
     [path] = re.findall(r"http://127\.0\.0\.1:8080(/[a-z]+)", check)
     assert path in {route.path for route in health.router.routes}  # type: ignore[attr-defined]
     assert "--port" in OURS["api"]["command"] and "8080" in OURS["api"]["command"]
+
+
+# --- observability (issue 15): Prometheus and Grafana, provisioned from deploy/ ---------------------------------
+
+def _mounts(service: str) -> dict[str, str]:
+    """container path -> host path (relative to the repository) of a service's bind mounts."""
+    found = {}
+    for volume in COMPOSE["services"][service].get("volumes", []):
+        host, container, *_ = volume.split(":")
+        found[container] = host
+    return found
+
+
+def test_prometheus_and_grafana_are_provisioned_from_files_that_exist() -> None:
+    prometheus, grafana = _mounts("prometheus"), _mounts("grafana")
+    assert prometheus["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus/prometheus.yml"
+    assert prometheus["/etc/prometheus/alerts.yml"] == "./deploy/prometheus/alerts.yml"
+    assert grafana["/var/lib/grafana/dashboards/patchaas.json"] == "./deploy/grafana/patchaas.json"
+    for host in [*prometheus.values(), *grafana.values()]:
+        assert (ROOT / host).exists(), host
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]  # the path it is mounted at
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/patchaas.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    assert "9090:9090" in COMPOSE["services"]["prometheus"]["ports"]
+
+
+def test_prometheus_scrapes_the_api_every_worker_and_beat_where_they_serve() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    port = int(COMPOSE["x-patchaas-env"]["PATCHAAS_METRICS_PORT"])
+    assert COMPOSE["x-patchaas-env"]["PATCHAAS_METRICS_ADDRESS"] == "0.0.0.0"  # reachable from prometheus
+    assert jobs["patchaas-api"]["static_configs"][0]["targets"] == ["api:8080"]
+    [dns] = jobs["patchaas-worker"]["dns_sd_configs"]  # every replica of `worker`
+    assert dns["names"] == ["worker"] and dns["port"] == port and OURS["worker"]["deploy"]["replicas"] >= 1
+    assert jobs["patchaas-beat"]["static_configs"][0]["targets"] == [f"beat:{port}"]

@@ -26,11 +26,13 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("orchestrator.domain", 1),
     ("orchestrator.settings", 2),
     ("orchestrator.ports", 2),
+    ("orchestrator.observability", 2),  # metrics, log context, traces: beside the ports (docs/ARCHITECTURE.md)
     ("orchestrator.persistence", 3),
     ("orchestrator.engine", 4),
     ("orchestrator.services", 5),
     ("workers.fleet", 6),  # adapters: the real drivers ...
     ("workers.mail", 6),
+    ("workers.webhooks", 6),  # the webhook senders (httpx, in memory) behind ports.WebhookSender
     ("simulation", 6),  # ... and the simulated ones
     ("orchestrator.bootstrap", 7),  # the one composition root
     ("workers", 8),  # the runtime: Celery app, tasks, dispatcher, embedded runner

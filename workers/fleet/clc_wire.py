@@ -5,12 +5,16 @@ are read."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from orchestrator.domain import packages
 from orchestrator.ports import FleetError, FleetRefused
+from schemas import selection
 from schemas.fleet import PackageRun, PowerState, ServerStatus
 
 # --- the wire contract: CLC API v2 plus our extensions -------------------------------------------
@@ -23,8 +27,14 @@ PARAM_EXCLUDE_KBS = "patchaas.excludeKBs"  # comma-separated KB ids, "" for none
 PARAM_IDEMPOTENCY_KEY = "patchaas.idempotencyKey"
 PARAM_REPORT_URL = "patchaas.reportUrl"  # the report channel (orchestrator/services/reports.py), when offered
 PARAM_REPORT_TOKEN = "patchaas.reportToken"  # the per-execution bearer token of the report channel
+PARAM_DEADLINE = "patchaas.deadline"  # ISO-8601 UTC: when the engine stops waiting for the cycle (package timeout)
+PARAM_HEARTBEAT_SECONDS = "patchaas.heartbeatSeconds"  # "0" (none) or 30-3600: running reports while it works
+PARAM_UPDATE_SERVICE = "patchaas.updateService"  # Default | WSUS | WindowsUpdate | MicrosoftUpdate
 PACKAGE_RUN_NOT_FOUND = "packageRunNotFound"  # the `code` of a 404 for a package run never received
 PENDING_STATUSES: frozenset[str] = frozenset({"notStarted", "executing", "resumed"})
+SELECTION_WIRE_NAMES: dict[str, str] = {"updateService": PARAM_UPDATE_SERVICE}
+"""Selection fields (schemas/selection.py) that reach the Windows package under another name; the others are sent
+under their own (workers/fleet/packages/windows-update.manifest.json binds each to a script parameter)."""
 
 
 def package_run_path(alias: str, server: str, key: str) -> str:
@@ -32,16 +42,56 @@ def package_run_path(alias: str, server: str, key: str) -> str:
     return f"/v2/patchaas/{quote(alias, safe='')}/servers/{quote(server, safe='')}/packageRuns/{quote(key, safe='')}"
 
 
-def package_parameters(run: PackageRun, key: str) -> dict[str, Any]:
-    """The Execute Package `parameters`: the execution's own, plus ours (strings, as CLC's were); the report
+def wire_value(value: object) -> str:
+    """A parameter as CLC passes it to the script, a double-quoted string: lists comma-separated (a JSON list's
+    quotes would break CLC's quoting), booleans "true"/"false", None "" (not set), times ISO-8601 UTC."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, list | tuple | set | frozenset):
+        return ",".join(wire_value(item) for item in value)
+    return str(value)
+
+
+def package_parameters(run: PackageRun, key: str) -> dict[str, str]:
+    """The Execute Package `parameters`, every one a string: the execution's selection (a field the package
+    refuses, schemas/selection.py REFUSED, is never sent: it was refused at request time), plus ours — the cycle,
+    its key, the quarantined KBs, the deadline, the heartbeat period, the update service — and the report
     channel's URL and token only when the orchestrator offers the channel."""
-    parameters: dict[str, Any] = {
-        **run.parameters,
+    try:
+        family = packages.get(run.package_id).family
+    except packages.UnknownPackage:
+        family = "windows"
+    refused = selection.REFUSED.get(family, {})
+    try:  # the values as validated at request time (KBs upper-case, choices spelled as the script lists them)
+        chosen = selection.selection_of(dict(run.parameters)).model_dump(mode="json", by_alias=True)
+    except ValueError:
+        chosen = {}
+    parameters: dict[str, str] = {}
+    for name, value in run.parameters.items():
+        if name in refused:
+            continue
+        wired = SELECTION_WIRE_NAMES.get(name, name) if family == "windows" else name
+        parameters[wired] = wire_value(chosen.get(name, value))
+    parameters.update({
         PARAM_EXECUTION_ID: run.execution_id,
         PARAM_CYCLE: str(run.cycle),
         PARAM_EXCLUDE_KBS: ",".join(run.exclude_kbs),
         PARAM_IDEMPOTENCY_KEY: key,
-    }
+    })
+    if family == "windows":
+        parameters.setdefault(PARAM_UPDATE_SERVICE, selection.UpdateService.DEFAULT.value)
+        if not parameters[PARAM_UPDATE_SERVICE]:
+            parameters[PARAM_UPDATE_SERVICE] = selection.UpdateService.DEFAULT.value
+    if run.deadline is not None:
+        parameters[PARAM_DEADLINE] = wire_value(run.deadline)
+    if run.heartbeat_seconds is not None:
+        parameters[PARAM_HEARTBEAT_SECONDS] = str(run.heartbeat_seconds)
     if run.report_url and run.report_token is not None:
         parameters[PARAM_REPORT_URL] = run.report_url
         parameters[PARAM_REPORT_TOKEN] = run.report_token.get_secret_value()
@@ -92,7 +142,8 @@ def server_status(server: str, body: Any) -> ServerStatus:
             in_maintenance=bool(details["inMaintenanceMode"]),
             up=bool(extension.get("up", power is PowerState.STARTED)),
             boot_id=str(extension["bootId"]),
-            pending_reboot=bool(extension["rebootPending"]),
+            # optional: a control plane without it leaves the pending reboot to the package (blocked_by)
+            pending_reboot=bool(extension.get("rebootPending", False)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise FleetError(f"CLC get server {server}: malformed answer ({exc!r})") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.entrypoints.cli import patching, runtime, simulator
+from orchestrator.entrypoints.cli import patching, runtime, simulator, webhooks
 from orchestrator.entrypoints.cli.ssh_hosts import ssh_host_app
 from orchestrator.entrypoints.cli.users import account_app, user_app
 from orchestrator.entrypoints.cli.windows import window_app
@@ -39,6 +39,7 @@ app.add_typer(ssh_host_app, name="ssh-host")
 app.add_typer(window_app, name="window")
 app.add_typer(account_app, name="account")
 app.add_typer(user_app, name="user")
+app.add_typer(webhooks.webhook_app, name="webhook")
 
 
 def main() -> None:

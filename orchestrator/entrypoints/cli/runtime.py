@@ -23,13 +23,16 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Celery node name")] = None,
 ) -> None:
     """Run a Celery worker of a deployment (needs a shared broker and database)."""
+    from workers import observability
     from workers.app import create_app
 
     settings = Settings()
     if settings.broker_url.startswith("memory://"):
         raise fail("a worker needs a shared broker: set PATCHAAS_BROKER_URL (e.g. redis://127.0.0.1:6379/0)", 2)
+    observability.for_worker(settings)  # logs (PATCHAAS_LOG_FORMAT); metrics exporter (PATCHAAS_METRICS_PORT)
     celery_app = create_app(settings)
-    argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "-E", "--without-gossip",
+    argv = [*(["--quiet"] if settings.log_format == "json" else []),  # no banner between JSON lines
+            "worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "-E", "--without-gossip",
             "--without-mingle"]
     if hostname:
         argv.append(f"--hostname={hostname}")
@@ -39,13 +42,15 @@ def worker(
 def beat(loglevel: Annotated[str, typer.Option()] = "INFO",
          schedule: Annotated[Path, typer.Option(help="beat's schedule file")] = Path("celerybeat-schedule")) -> None:
     """Run the beat tick of a deployment (run exactly one)."""
+    from workers import observability
     from workers.app import create_app
 
     settings = Settings()
     if settings.broker_url.startswith("memory://"):
         raise fail("beat needs a shared broker: set PATCHAAS_BROKER_URL", 2)
+    observability.for_beat(settings)  # logs; metrics exporter with the fleet-level gauges (PATCHAAS_METRICS_PORT)
     celery_app = create_app(settings)
-    celery_app.Beat(loglevel=loglevel, schedule=str(schedule)).run()
+    celery_app.Beat(loglevel=loglevel, schedule=str(schedule), quiet=settings.log_format == "json").run()
 
 
 @db_app.command("upgrade")
@@ -134,8 +139,13 @@ def api(
         sql.dispose()
     if not migrated:
         raise fail(f"the database {settings.database_url} has no users and tokens yet: run `patchaas db upgrade`")
+    from orchestrator.observability import exporter, logs
+
+    if workers > 1 and settings.metrics_enabled:  # every uvicorn process's numbers in GET /metrics
+        exporter.prepare("api")
     uvicorn.run("orchestrator.entrypoints.rest:build_app_from_settings", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level.lower())
+                workers=workers, log_level=log_level.lower(),
+                log_config=logs.uvicorn_config(settings.log_format, log_level))  # PATCHAAS_LOG_FORMAT, redacted
 
 
 def flower(

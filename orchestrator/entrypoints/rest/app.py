@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from orchestrator.bootstrap import Container
-from orchestrator.entrypoints.rest import compliance, errors, health, reports, routes, ssh_hosts
+from orchestrator.entrypoints import console
+from orchestrator.entrypoints.rest import compliance, errors, health, observability, reports, routes, ssh_hosts
+from orchestrator.entrypoints.rest import webhooks as webhook_routes
 from orchestrator.services import auth
 from orchestrator.settings import Settings
 
@@ -51,12 +53,15 @@ def create_app(container: Container, *, auth_service: auth.AuthService | None = 
         container.sessions, container.service.clock, timedelta(seconds=container.settings.token_ttl_seconds)
     )
     errors.install(app)
+    observability.install(app)  # GET /metrics, request metrics and spans (orchestrator/observability)
     app.include_router(routes.v2)
     app.include_router(routes.patching)
     app.include_router(health.router)  # /healthz, /readyz (no token)
     app.include_router(compliance.router)
     app.include_router(reports.router)  # the update package's report channel (orchestrator/services/reports.py)
     app.include_router(ssh_hosts.router)  # operators register Linux servers' SSH details
+    app.include_router(webhook_routes.router)  # webhook subscriptions and the event history (docs/HOOKS.md)
+    app.include_router(console.router)  # the operator console at /console (docs/CONSOLE.md)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document without its 422 answers: bad input is a 400 with a message here."""

@@ -12,7 +12,7 @@ from pydantic.alias_generators import to_camel
 
 from orchestrator.domain import rate_control
 from orchestrator.entrypoints.rest import statuses
-from orchestrator.services import auth, errors, inventory, rollouts, window_specs, windows
+from orchestrator.services import auth, errors, rollouts, window_specs, windows
 from schemas.patching import PackageRequest, QueuedServer
 
 ALIAS_PATTERN = r"^[A-Za-z0-9]{2,4}$"
@@ -223,40 +223,6 @@ class OperationStatus(BaseModel):
     status: statuses.QueueStatus
 
 
-class ServerDetails(CamelModel):
-    """The `details` of a CLC server, as far as patching knows them (the inventory's last view)."""
-
-    in_maintenance_mode: bool
-    power_state: str
-    ip_addresses: list[dict[str, str]] = Field(default_factory=list)
-
-
-class ServerAnswer(CamelModel):
-    """CLC's `GET /v2/servers/{alias}/{serverId}` answer, enough to discover what to patch."""
-
-    id: str
-    name: str
-    group_id: str | None
-    location_id: str
-    os_type: str
-    status: Literal["active"] = "active"
-    details: ServerDetails
-    links: list[Link]
-
-
-class GroupAnswer(CamelModel):
-    """CLC's `GET /v2/groups/{alias}/{groupId}` answer: nested groups in full, a `server` link per server."""
-
-    id: str
-    name: str
-    location_id: str
-    type: Literal["default"] = "default"
-    status: Literal["active"] = "active"
-    servers_count: int
-    groups: list[GroupAnswer]
-    links: list[Link]
-
-
 class OccurrenceAnswer(CamelModel):
     """One started occurrence of a window."""
 
@@ -378,43 +344,4 @@ def queued_answer(alias: str, answer: QueuedServer) -> QueuedAnswer:
         is_queued=True,
         links=[Link(rel="status", href=status_href(alias, status_id), id=status_id)],
         execution_id=answer.execution_id,
-    )
-
-
-def server_answer(info: inventory.ServerInfo) -> ServerAnswer:
-    """The CLC server shape; links to its group, its patch summary and the execution patching it now."""
-    alias = info.account_alias
-    links = [Link(rel="self", href=server_href(alias, info.name), id=info.name)]
-    if info.group_id is not None:
-        links.append(Link(rel="group", href=group_href(alias, info.group_id), id=info.group_id))
-    links.append(Link(rel="patchSummary", href=summary_href(alias, info.name)))
-    if info.active_execution_id is not None:
-        links.append(
-            Link(rel="patchExecution", href=f"{summary_href(alias, info.name)}/{info.active_execution_id}",
-                 id=info.active_execution_id)
-        )
-    return ServerAnswer(
-        id=info.name,
-        name=info.name,
-        group_id=info.group_id,
-        location_id=info.datacenter,
-        os_type=info.os_type,
-        details=ServerDetails(in_maintenance_mode=info.in_maintenance, power_state=info.power_state),
-        links=links,
-    )
-
-
-def group_answer(alias: str, info: inventory.GroupInfo) -> GroupAnswer:
-    """The CLC group shape, nested groups in full."""
-    links = [Link(rel="self", href=group_href(alias, info.id), id=info.id)]
-    if info.parent_id is not None:
-        links.append(Link(rel="parentGroup", href=group_href(alias, info.parent_id), id=info.parent_id))
-    links.extend(Link(rel="server", href=server_href(alias, name), id=name) for name in info.servers)
-    return GroupAnswer(
-        id=info.id,
-        name=info.name,
-        location_id=info.datacenter,
-        servers_count=len(info.servers),
-        groups=[group_answer(alias, child) for child in info.groups],
-        links=links,
     )

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
+from orchestrator.entrypoints.console import csv_export
 from orchestrator.entrypoints.rest.bodies import GROUP_PATTERN, MAX_GROUPS, CamelModel
 from orchestrator.entrypoints.rest.deps import READ, Alias, Caller, Service, own
 from orchestrator.services import compliance
@@ -37,20 +38,23 @@ class ComplianceAnswer(CamelModel):
     servers: list[ServerCompliance]
 
 
-@router.get("/patchaas/{alias}/compliance", response_model=ComplianceAnswer, responses=READ)
+@router.get("/patchaas/{alias}/compliance", response_model=ComplianceAnswer,
+            responses={**READ, 200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 def get_compliance(
-    alias: Alias, caller: Caller, service: Service,
+    request: Request, alias: Alias, caller: Caller, service: Service,
     group: Annotated[list[Annotated[str, Query(pattern=GROUP_PATTERN, max_length=32)]] | None,
                      Query(max_length=MAX_GROUPS, description="only these groups (nested included)")] = None,
     stale_after_days: Annotated[int | None, Query(alias="staleAfterDays", ge=1, le=3650,
                                                   description="flag answers older than this")] = None,
-) -> ComplianceAnswer:
+) -> ComplianceAnswer | Response:
     """Per server: `compliant` (its last finished run left nothing to install), `non_compliant` (it failed,
     was stopped, or a scan found updates: `missing`, `failed`), or `unknown` (never finished a run), with the
     run it is based on and when that run ended (`asOf`)."""
     scope = own(caller, alias, f"account {alias} not found")
     stale = timedelta(days=stale_after_days) if stale_after_days else None
     found = compliance.for_account(service, scope, group or (), stale)
+    if csv_export.wants_csv(request.headers.get("accept")):  # one row per server
+        return Response(csv_export.compliance_csv(found), media_type=csv_export.MEDIA_TYPE)
     return ComplianceAnswer(
         alias=found.alias, at=found.at, counts=found.counts(),
         servers=[ServerCompliance(server=s.server, os_type=s.os_type, status=s.status, reason=s.reason,

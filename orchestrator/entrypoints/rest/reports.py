@@ -32,6 +32,7 @@ class ReportAnswer(BaseModel):
     cycle: int = Field(ge=1, examples=[2])
     recorded: bool = Field(description="true: recorded now (201); false: the same report was recorded before (200)")
     received_at: datetime = Field(alias="receivedAt", description="when the report was first recorded")
+    heartbeats: int | None = Field(default=None, description="a heartbeat: how many of the cycle were heard so far")
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -42,10 +43,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": ReportAnswer, "description": "recorded"},
     200: {"model": ReportAnswer,
           "description": "the same report was recorded before (an idempotent replay); nothing changed"},
-    400: _error("the body is not a finished cycle report of this execution (the message names the rule)"),
+    202: {"model": ReportAnswer, "description": "a heartbeat (state running): kept, not the cycle's report"},
+    400: _error("the body is not a cycle report of this execution (the message names the rule)"),
     401: _error("no bearer token, or not a report token of this execution"),
     404: _error("no such execution"),
-    409: _error("the execution has finished, or a different report of this cycle was recorded"),
+    409: _error("the execution has finished, a different report of this cycle was recorded, or a heartbeat came "
+                "after the cycle's report"),
     413: _error("the request body is over 1 MiB"),
     503: _error("the database is unavailable; retry after the Retry-After seconds"),
 }
@@ -95,11 +98,16 @@ async def post_report(
         str, Path(pattern=EXECUTION_PATTERN, description="execution id (aa#-######)", examples=["VA1-132457"])
     ],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", description="a heartbeat's: <key>:heartbeat:<n> (n from 1 per invocation)")] = None,
 ) -> Any:
     """Record one finished cycle of the update package, once per (execution, cycle key). 201 with the record
-    the first time; 200 with the same record when the same report is posted again."""
+    the first time; 200 with the same record when the same report is posted again. A heartbeat (`state:
+    running`) is kept apart, never as the cycle's report: 202."""
     raw = await request.body()
-    done = await _in_thread(_channel(request).record, execution_id.upper(), authorization, raw)
+    done = await _in_thread(_channel(request).record, execution_id.upper(), authorization, raw, idempotency_key)
+    if done.heartbeat is not None:
+        return JSONResponse(done.as_json(), status_code=202)
     return JSONResponse(done.as_json(), status_code=201 if done.created else 200)
 
 

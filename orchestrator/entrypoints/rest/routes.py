@@ -9,7 +9,8 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
 
-from orchestrator.entrypoints.rest import bodies, deps, statuses
+from orchestrator.entrypoints.console import csv_export
+from orchestrator.entrypoints.rest import bodies, clc_shapes, deps, statuses, streaming
 from orchestrator.entrypoints.rest.bodies import (
     EXECUTION_PATTERN,
 )
@@ -31,12 +32,14 @@ from orchestrator.entrypoints.rest.deps import (
     own,
 )
 from orchestrator.services import windows as windows_mod
+from orchestrator.services.answers import DETAIL_JSON, SUMMARY_JSON
 from orchestrator.services.errors import ServiceError
 from orchestrator.services.patching import PatchService
 from schemas.patching import ExecutionDetail, ExecutionSummary
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
+CSV = {"text/csv": {"schema": {"type": "string"}}}  # with `Accept: text/csv` (docs/CONSOLE.md)
 
 
 
@@ -78,23 +81,23 @@ def login(request: Request, body: bodies.LoginRequest) -> bodies.LoginAnswer:
 @v2.post("/operations/{alias}/servers/executePackage", response_model=list[bodies.QueuedAnswer],
          response_model_exclude_none=True, tags=["operations"], responses=WRITE)
 def execute_package(alias: Alias, body: bodies.ExecutePackageRequest, caller: Operator,
-                    service: Service) -> list[bodies.QueuedAnswer]:
+                    service: Service) -> Response:
     """Patch servers: one answer per server, queued with a status link and an execution id, or why not."""
     scope = own(caller, alias, f"account {alias} not found")
     answers = service.execute_package(scope, body.servers, body.package, caller.username)
-    return [bodies.queued_answer(scope, a) for a in answers]
+    return streaming.queued_response(scope, answers)  # the list's bytes, a chunk at a time
 
 
 @v2.post("/operations/{alias}/groups/executePackage", response_model=list[bodies.QueuedAnswer],
          response_model_exclude_none=True, tags=["operations"], responses=WRITE)
 def execute_package_on_groups(alias: Alias, body: bodies.GroupExecuteRequest, caller: Operator,
-                              service: Service) -> list[bodies.QueuedAnswer]:
+                              service: Service) -> Response:
     """The group action: every server of the groups and of their nested groups, each answered on its own.
     With `maxConcurrency`, `maxErrors` or `waves` the servers are patched as a rate-controlled rollout: all
     are queued at once (same answers), a few run at a time, and the rest are skipped once too many failed."""
     scope = own(caller, alias, f"account {alias} not found")
     answers = service.execute_package_on_groups(scope, body.groups, body.package, caller.username, body.rate())
-    return [bodies.queued_answer(scope, a) for a in answers]
+    return streaming.queued_response(scope, answers)  # the list's bytes, a chunk at a time
 
 
 @v2.get("/operations/{alias}/status/{statusId}", response_model=bodies.OperationStatus, tags=["operations"],
@@ -107,18 +110,18 @@ def operation_status(alias: Alias, status_id: StatusId, caller: Caller, service:
     return bodies.OperationStatus(status=statuses.queue_status_of(state))
 
 
-@v2.get("/servers/{alias}/{serverId}", response_model=bodies.ServerAnswer, tags=["inventory"], responses=READ)
-def get_server(alias: Alias, server_id: ServerId, caller: Caller, service: Service) -> bodies.ServerAnswer:
+@v2.get("/servers/{alias}/{serverId}", response_model=clc_shapes.ServerAnswer, tags=["inventory"], responses=READ)
+def get_server(alias: Alias, server_id: ServerId, caller: Caller, service: Service) -> clc_shapes.ServerAnswer:
     """One server in the CLC shape."""
     scope = own(caller, alias, f"server {server_id} not found")
-    return bodies.server_answer(service.server(scope, server_id))
+    return clc_shapes.server_answer(service.server(scope, server_id))
 
 
-@v2.get("/groups/{alias}/{groupId}", response_model=bodies.GroupAnswer, tags=["inventory"], responses=READ)
-def get_group(alias: Alias, group_id: GroupId, caller: Caller, service: Service) -> bodies.GroupAnswer:
+@v2.get("/groups/{alias}/{groupId}", response_model=clc_shapes.GroupAnswer, tags=["inventory"], responses=READ)
+def get_group(alias: Alias, group_id: GroupId, caller: Caller, service: Service) -> clc_shapes.GroupAnswer:
     """One group in the CLC shape: its nested groups in full and a `server` link per server."""
     scope = own(caller, alias, f"group {group_id} not found")
-    return bodies.group_answer(scope, service.group(scope, group_id))
+    return clc_shapes.group_answer(scope, service.group(scope, group_id))
 
 
 @patching.get(
@@ -131,6 +134,7 @@ def get_group(alias: Alias, group_id: GroupId, caller: Caller, service: Service)
                          "description": 'the next page, `<…/patch?limit=N&cursor=VA1-132457>; rel="next"`'},
                 "X-Next-Cursor": {"schema": {"type": "string"}, "description": "the cursor of the next page"},
             },
+            "content": CSV,
         },
         **READ,
     },
@@ -158,15 +162,21 @@ def summary(
         after = page[-1][0]
         headers["Link"] = f'<{request.url.path}?limit={limit}&cursor={after}>; rel="next"'
         headers["X-Next-Cursor"] = after
+    if csv_export.wants_csv(request.headers.get("accept")):  # the same page as CSV, one row per execution
+        rows = csv_export.history_csv(SUMMARY_JSON.validate_json(body) for _, body in page)
+        return Response(rows, media_type=csv_export.MEDIA_TYPE, headers=headers)
     return _json(b"[" + b",".join(body for _, body in page) + b"]", headers)
 
 
-@patching.get("/{execution_id}", response_model=ExecutionDetail, responses=READ)
-def detail(alias: Alias, server: ServerName, execution_id: ExecutionId, caller: Caller,
+@patching.get("/{execution_id}", response_model=ExecutionDetail, responses={**READ, 200: {"content": CSV}})
+def detail(request: Request, alias: Alias, server: ServerName, execution_id: ExecutionId, caller: Caller,
            service: Service) -> Response:
-    """One execution with every patch it attempted."""
+    """One execution with every patch it attempted (`Accept: text/csv`: its patches, one row each)."""
     scope = own(caller, alias, f"server {server} not found")
-    return _json(service.detail_json(scope, server, execution_id))
+    body = service.detail_json(scope, server, execution_id)
+    if csv_export.wants_csv(request.headers.get("accept")):
+        return Response(csv_export.patches_csv(DETAIL_JSON.validate_json(body)), media_type=csv_export.MEDIA_TYPE)
+    return _json(body)
 
 
 @patching.post("/{execution_id}/cancel", response_model=ExecutionDetail, status_code=202,
@@ -225,7 +235,7 @@ def update_window(alias: Alias, window_id: WindowId, body: bodies.WindowChange, 
         changes = body.changes()
     except ValueError as exc:
         raise ServiceError(str(exc)) from None
-    return bodies.window_answer(_windows(service).update(scope, window_id, changes))
+    return bodies.window_answer(_windows(service).update(scope, window_id, changes, by=caller.username))
 
 
 @v2.delete("/patchaas/{alias}/windows/{windowId}", response_model=bodies.WindowAnswer, tags=["windows"],
@@ -234,7 +244,7 @@ def delete_window(alias: Alias, window_id: WindowId, caller: Operator, service: 
     """Delete a window: no further occurrence starts (a running one goes on until its cutoff). Answers the
     window as it was."""
     scope = own(caller, alias, f"window {window_id} not found")
-    return bodies.window_answer(_windows(service).delete(scope, window_id))
+    return bodies.window_answer(_windows(service).delete(scope, window_id, by=caller.username))
 
 
 @v2.get("/patchaas/{alias}/rollouts/{rolloutId}", response_model=bodies.RolloutAnswer, tags=["windows"],

@@ -21,6 +21,7 @@ from orchestrator.domain.rate_control import RateControl
 from orchestrator.entrypoints.rest import create_app
 from orchestrator.persistence import db
 from orchestrator.services import auth, inventory
+from orchestrator.services.webhooks import WebhookService, WebhookSpec
 from orchestrator.services.window_specs import WindowSpec
 from orchestrator.services.windows import WindowService
 from orchestrator.settings import DEFAULT_PACKAGE_ID
@@ -56,6 +57,12 @@ OPERATIONS = [
     ("GET", "/v2/patchaas/{alias}/ssh-hosts/{serverId}"),
     ("DELETE", "/v2/patchaas/{alias}/ssh-hosts/{serverId}"),
     ("GET", "/v2/patchaas/{alias}/compliance"),
+    ("POST", "/v2/patchaas/{alias}/webhooks"),
+    ("GET", "/v2/patchaas/{alias}/webhooks"),
+    ("GET", "/v2/patchaas/{alias}/webhooks/{webhookId}"),
+    ("DELETE", "/v2/patchaas/{alias}/webhooks/{webhookId}"),
+    ("POST", "/v2/patchaas/{alias}/webhooks/{webhookId}/enable"),
+    ("GET", "/v2/patchaas/{alias}/events"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]
@@ -104,9 +111,11 @@ def world(pg: str) -> Iterator[World]:
                                                                    cron="0 22 * * *"), "test")
     held = wired.service.execute_package("OSD", ["VA1OSDPATCH03"], package, "test", RateControl.parse(1, 0))
     rollout = wired.service.rollout_of("OSD", held[0].execution_id or "")
+    hook = WebhookService(wired.sessions, clock, None).create("OSD", WebhookSpec(
+        name="ops", url="https://hooks.example.com/x", secret_ref="env:OPS_HOOK_SECRET"), "test")
     real = {"alias": "OSD", "server": "VA1OSDPATCH01", "serverId": "VA1OSDPATCH02", "groupId": "va1-0001",
             "statusId": finished.lower(), "execution_id": finished, "running": running,
-            "windowId": str(window.id), "rolloutId": str(rollout)}
+            "windowId": str(window.id), "rolloutId": str(rollout), "webhookId": str(hook.id)}
     yield World(wired, real)
     wired.close()
 

@@ -130,3 +130,34 @@ def test_two_group_actions_racing_give_each_server_one_execution(world) -> None:
         emails = session.scalar(sa.select(sa.func.count()).select_from(models.Outbox))
     assert set(active.values()) == {1} and len(active) == len(normal)
     assert emails == len(normal)
+
+
+def test_id_collisions_are_inserted_again_in_bulk_with_new_ids(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.common import QueryCounter
+    from orchestrator.domain import naming
+
+    container, specs = world
+    normal = [s.name for s in specs if s.scenario is Scenario.NORMAL]
+    service = container.service
+    service.bulk_from = 2
+    first = service.execute_package("OSD", normal[:4], PACKAGE, "jane")
+    taken = [a.execution_id for a in first]
+    fresh = iter(range(200_001, 300_000))
+    drawn = iter([*taken, taken[0]])  # every first draw collides with a row, or with this request's own
+
+    def new_id(datacenter: str) -> str:
+        return next(drawn, None) or f"{datacenter.upper()}-{next(fresh)}"
+
+    monkeypatch.setattr(naming, "new_execution_id", new_id)
+    counter = QueryCounter(container.db_engine)
+    try:
+        second = service.execute_package("OSD", normal[4:10], PACKAGE, "jane")
+    finally:
+        counter.close()
+    assert all(a.is_queued for a in second)
+    ids = [a.execution_id for a in second]
+    assert len(set(ids)) == 6 and not set(ids) & set(taken)
+    assert counter.by_statement["SAVEPOINT"] == 0  # never the per-server path
+    with container.sessions() as session:
+        emails = dict(session.execute(sa.select(models.Outbox.execution_id, models.Outbox.kind)).all())
+    assert all(emails.get(i) == "start" for i in ids)

@@ -180,7 +180,6 @@ def test_the_endpoints_answers(world: World) -> None:
         (b"{", "not valid JSON"),
         (b"", "needs a JSON body"),
         (json.dumps({**body, "updates": [{**UPDATE, "kb": "nope"}]}).encode(), "updates.0.kb"),
-        (json.dumps({**body, "state": "running"}).encode(), "finished"),
         (json.dumps({**body, "hresult": "0x80070643"}).encode(), "hresult"),
         (json.dumps(_report(f"{other_id}:package:1")).encode(), "is not a cycle of execution"),
     ]:

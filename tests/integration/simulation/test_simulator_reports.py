@@ -41,6 +41,8 @@ class Receiver:
             body = await request.json()
             with self.lock:
                 self.posts.append((execution_id, dict(request.headers), body))
+                if body.get("state") == "running":  # a heartbeat: the channel keeps it apart
+                    return JSONResponse({"message": "heartbeat"}, status_code=202)
                 status = self.answers.pop(0) if self.answers else 201
             return JSONResponse({"message": f"answer {status}"}, status_code=status)
 
@@ -60,8 +62,8 @@ class Setup:
 def make() -> Iterator[Any]:
     stack: list[Any] = []
 
-    def build(faults: clc_faults.Faults | None = None) -> Setup:
-        specs = build_fleet_specs(5, 3, scenarios={Scenario.NORMAL: 3})
+    def build(faults: clc_faults.Faults | None = None, scenario: Scenario = Scenario.NORMAL) -> Setup:
+        specs = build_fleet_specs(5, 3, scenarios={scenario: 3})
         fleet = simulated.SimulatedFleet.create(specs, timings=simulated.SimTimings(package_seconds=0.3), seed=5)
         receiver = Receiver()
         reporter = clc_reporter.Reporter(fleet, faults or clc_faults.Faults(), backoff_initial=0.01,
@@ -151,3 +153,29 @@ def test_fault_flags_drop_duplicate_and_hide_reports(make: Any) -> None:
     assert dropping.receiver.posts == []
     polled = dropping.driver.cycle_result(other, key)  # the result is not lost: polling still has it
     assert polled is not None and polled.state is CycleState.FINISHED
+
+
+def test_a_long_cycle_posts_heartbeats_then_its_report(make: Any) -> None:
+    """The engine's deadline and heartbeat period reach the simulated package over CLC's string parameters; its
+    cycle outlasts the deadline, posting a running report each period (`<key>:heartbeat:<n>`), then the report."""
+    from datetime import UTC, datetime, timedelta
+
+    setup = make(scenario=Scenario.LONG_CYCLE)
+    server = setup.fleet.specs()[0].name
+    key = "VA1-100004:package:1"
+    run = PackageRun(package_id="94bd395f-9b54-4693-94ae-4f3aa93fc239", execution_id="VA1-100004", cycle=1,
+                     report_url=f"{setup.api_url}/v2/patchaas/executions/VA1-100004/reports",
+                     report_token=SecretStr("tok"), deadline=datetime.now(UTC) + timedelta(seconds=3),
+                     heartbeat_seconds=1)
+    setup.driver.invoke_package(server, key, run)
+    wait_until(lambda: _log(setup)["posted"] == 1, timeout=15)
+    posts = setup.receiver.posts
+    beats = [(h["idempotency-key"], b) for _, h, b in posts if b["state"] == "running"]
+    assert beats and beats[0][0] == f"{key}:heartbeat:1" and _log(setup)["heartbeats"] == len(beats)
+    assert all("heard_at" not in b and b["phase"].startswith("installing KB") for _, b in beats)
+    final = CycleReport.model_validate(posts[-1][2])
+    assert final.state is CycleState.FINISHED and final.updates
+    assert final.finished_at is not None and run.deadline is not None
+    assert final.finished_at > run.deadline.replace(microsecond=0)  # past the deadline as sent (whole seconds)
+    over_clc = setup.driver.cycle_result(server, key)
+    assert over_clc is not None and type(over_clc) is CycleReport

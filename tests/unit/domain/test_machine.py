@@ -298,7 +298,8 @@ def test_zero_max_cycles_fails_before_any_cycle():
 def test_invoking_package_starts_the_current_cycle_excluding_quarantined_kbs_sorted():
     v = view(State.INVOKING_PACKAGE, cycle=3, quarantined={"KB5000009": "x", "KB5000002": "y"})
     assert command_for(v, T0, POLICY) == InvokeUpdatePackage(
-        cycle=3, key=f"{EID}:package:3", exclude_kbs=("KB5000002", "KB5000009")
+        cycle=3, key=f"{EID}:package:3", exclude_kbs=("KB5000002", "KB5000009"),
+        deadline=T0 + POLICY.package_timeout, heartbeat_seconds=POLICY.heartbeat_seconds,
     )
 
 
@@ -1178,7 +1179,7 @@ def test_event_the_state_cannot_take_is_a_transition_error(state: State, event):
         (State.AWAITING_POWER, PollServer()),
         (State.ENTERING_MAINTENANCE, SetMaintenance(True, f"{EID}:maintenance_on:1")),
         (State.CHECKING_PENDING_REBOOT, InspectServer()),
-        (State.INVOKING_PACKAGE, InvokeUpdatePackage(1, f"{EID}:package:1", ())),
+        (State.INVOKING_PACKAGE, InvokeUpdatePackage(1, f"{EID}:package:1", (), T0 + POLICY.package_timeout, 300)),
         (State.AWAITING_RESULT, FetchCycleResult(f"{EID}:package:1")),
         (State.REBOOTING, RebootServer(f"{EID}:reboot:1")),
         (State.AWAITING_BOOT, PollServer()),

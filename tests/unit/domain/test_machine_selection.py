@@ -171,7 +171,8 @@ def test_scan_only_run_goes_through_one_cycle_and_cleanup():
 def test_excluded_kbs_are_sent_to_the_package():
     v = view(State.INVOKING_PACKAGE, {"excludeKbs": ["KB5000009", "KB5000003"]}, cycle=1)
     assert command_for(v, T0, POLICY) == InvokeUpdatePackage(
-        cycle=1, key=f"{EID}:package:1", exclude_kbs=("KB5000003", "KB5000009")
+        cycle=1, key=f"{EID}:package:1", exclude_kbs=("KB5000003", "KB5000009"),
+        deadline=T0 + POLICY.package_timeout, heartbeat_seconds=POLICY.heartbeat_seconds,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.entrypoints.rest import bodies, errors
+from orchestrator.entrypoints.rest import bodies, clc_shapes, errors
 from orchestrator.services import inventory
 from schemas.patching import QueuedServer
 
@@ -70,9 +70,12 @@ def test_a_refused_server_gets_only_the_error_message() -> None:
 def test_a_server_links_to_its_group_its_summary_and_its_running_execution() -> None:
     info = inventory.ServerInfo("VA1OSDPATCH01", "OSD", "va1-0001", "VA1", "Windows 2012R2 Datacenter 64-bit",
                               "stopped", True, "VA1-132457")
-    answer = bodies.server_answer(info).model_dump()
-    assert answer["details"] == {"inMaintenanceMode": True, "powerState": "stopped", "ipAddresses": []}
-    assert [(link["rel"], link["href"]) for link in answer["links"]] == [
+    answer = clc_shapes.server_answer(info).model_dump()
+    assert answer["details"]["inMaintenanceMode"] is True and answer["details"]["powerState"] == "stopped"
+    assert answer["details"]["ipAddresses"] == []
+    ours = [(link["rel"], link["href"]) for link in answer["links"]
+            if link["rel"] in ("self", "group", "patchSummary", "patchExecution")]
+    assert ours == [
         ("self", "/v2/servers/osd/VA1OSDPATCH01"),
         ("group", "/v2/groups/osd/va1-0001"),
         ("patchSummary", "/rest/servers/osd/server/VA1OSDPATCH01/patch"),
@@ -83,7 +86,7 @@ def test_a_server_links_to_its_group_its_summary_and_its_running_execution() -> 
 def test_a_group_nests_its_groups_in_full_and_links_each_server() -> None:
     leaf = inventory.GroupInfo("va1-0002", "child", "VA1", "va1-0001", ("VA1OSDPATCH02",), ())
     root = inventory.GroupInfo("va1-0001", "root", "VA1", None, ("VA1OSDPATCH01", "VA1OSDPATCH03"), (leaf,))
-    answer = bodies.group_answer("OSD", root).model_dump()
+    answer = clc_shapes.group_answer("OSD", root).model_dump()
     assert answer["serversCount"] == 2 and answer["type"] == "default" and answer["status"] == "active"
     assert [link["id"] for link in answer["links"] if link["rel"] == "server"] == ["VA1OSDPATCH01", "VA1OSDPATCH03"]
     child = answer["groups"][0]

@@ -385,6 +385,7 @@ def test_execute_package_sends_our_parameters(fake: FakeClc, driver_factory: Dri
             "packageId": "94bd395f-9b54-4693-94ae-4f3aa93fc239",
             "parameters": {
                 "patch.debug.mode": "true",
+                "patchaas.updateService": "Default",
                 "patchaas.executionId": "VA1-000001",
                 "patchaas.cycle": "2",
                 "patchaas.excludeKBs": "KB3135998,KB3146723",

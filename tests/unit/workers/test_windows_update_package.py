@@ -37,7 +37,7 @@ from pydantic import SecretStr
 
 from schemas import selection
 from schemas.fleet import BlockedBy, CycleReport, CycleState, PackageRun, ResultCode, SkippedUpdate, UpdateResult
-from workers.fleet import clc
+from workers.fleet import clc, clc_wire
 
 ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ROOT / "workers" / "fleet" / "packages"
@@ -431,7 +431,9 @@ def test_the_task_time_limit_follows_the_deadline(script: tree_sitter.Tree) -> N
     assert int(assigned_value(script, "$DefaultCycleMinutes")) < 60  # the engine's default package timeout
 
 
-def test_heartbeats_are_running_reports_posted_while_waiting(script: tree_sitter.Tree, manifest: dict[str, Any]) -> None:
+def test_heartbeats_are_running_reports_posted_while_waiting(
+    script: tree_sitter.Tree, manifest: dict[str, Any]
+) -> None:
     beat = function(script, "Send-Heartbeat")
     (build,) = commands(beat, "New-CycleReport")
     assert "-State 'running'" in text(build) and "-ResultCode $ResultInProgress" in text(build)
@@ -563,11 +565,13 @@ def engine_parameters() -> dict[str, Any]:
     return clc.package_parameters(run, "VA1-132457:package:2")
 
 
-def test_the_manifest_binds_every_parameter_the_engine_sends(script: tree_sitter.Tree, manifest: dict[str, Any]) -> None:
+def test_the_manifest_binds_every_parameter_the_engine_sends(
+    script: tree_sitter.Tree, manifest: dict[str, Any]
+) -> None:
     names = [p["name"] for p in manifest["parameters"]]
     assert len(names) == len(set(names))
     refused = {field for field, entry in manifest["selection"].items() if not entry["honoured"]}
-    sent = set(engine_parameters()) | set(selection.FIELDS)
+    sent = set(engine_parameters()) | {clc_wire.SELECTION_WIRE_NAMES.get(f, f) for f in selection.FIELDS}
     sent |= set(wire_constants().values())
     assert sent - refused <= set(names), sorted(sent - refused - set(names))
     declared = script_parameters(script)
@@ -595,7 +599,9 @@ def test_the_quarantined_and_the_selections_exclusions_are_two_parameters(manife
     assert "ConvertTo-KbList -Text $QuarantinedKbs" in main and "ConvertTo-KbList -Text $ExcludeKbs" in main
 
 
-def test_the_manifest_choices_are_the_schemas_and_the_scripts(script: tree_sitter.Tree, manifest: dict[str, Any]) -> None:
+def test_the_manifest_choices_are_the_schemas_and_the_scripts(
+    script: tree_sitter.Tree, manifest: dict[str, Any]
+) -> None:
     by_name = {p["name"]: p for p in manifest["parameters"]}
     assert by_name["classifications"]["choices"] == [c.value for c in selection.Classification]
     assert by_name["severities"]["choices"] == [s.value for s in selection.MsrcSeverity]
