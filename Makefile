@@ -23,7 +23,7 @@ services:
 	./scripts/ensure-services
 
 test: $(STAMP) services
-	CI=$${CI:-true} $(BIN)/python -m pytest
+	CI=$${CI:-true} $(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchestrator workers schemas tests

@@ -281,6 +281,7 @@ def service_env(database_url: str, broker_url: str, smtp_url: str | None, extra:
         PATCHAAS_BROKER_URL=broker_url,
         PATCHAAS_SIM_STATE_URL=database_url,
         PATCHAAS_SIM_TIMINGS="instant",
+        PATCHAAS_SETTLE_SECONDS="0",  # a reboot settles at the first idle look (issue 14; production: 60 s)
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )

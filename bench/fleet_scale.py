@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 if __package__ in (None, ""):  # `python bench/fleet_scale.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import common, metrics_switch, seeding  # noqa: E402
+from bench import autovacuum, common, metrics_switch, seeding  # noqa: E402
 
 ALIAS = "OSD"
 GROUP = "va1-0001"
@@ -204,6 +204,7 @@ def run_fleet(args: Any, url: str, sim_url: str, logdir: Path, names: list[str],
         procs = common.Processes(env, logdir)
         app = create_app(Settings(database_url=url, broker_url=args.redis_url))
         engine = sa.create_engine(url)
+        vacuum = autovacuum.Autovacuum([url, sim_url])  # as a deployment's server would (bench/autovacuum.py)
         try:
             metrics_url = metrics_switch.start(  # metrics on or off (bench/metrics_switch.py)
                 procs, lambda: procs.start_worker("worker", concurrency=args.concurrency, loglevel=args.loglevel),
@@ -213,8 +214,9 @@ def run_fleet(args: Any, url: str, sim_url: str, logdir: Path, names: list[str],
             # written by COPY with their times parked, then shifted at once: the first is due `lead` s later
             seeding.install_rebooting(sim_url, names, SEED, args.come_back, reset=True)
             ids = seeding.waiting_executions(url, names, ALIAS, args.poll)
-            _, armed_in = seeding.arm(url, sim_url, lead=5.0)
+            _, armed_in = seeding.arm(url, sim_url, lead=1.0 + len(names) / 3000)  # shift + ANALYZE: ~20 s at 100k
             print(f"seeded {len(ids)} executions; timers armed in {armed_in:.2f}s")
+            vacuum.__enter__()
             t0 = time.monotonic()
 
             def done() -> bool:
@@ -222,18 +224,20 @@ def run_fleet(args: Any, url: str, sim_url: str, logdir: Path, names: list[str],
                     return conn.execute(sa.select(sa.func.count()).select_from(models.Execution)
                                         .where(models.Execution.ended_at.is_(None))).scalar_one() == 0
 
-            t_end = common.wait_until(done, timeout=args.timeout, interval=1.0, procs=procs,
+            t_end = common.wait_until(done, timeout=args.timeout, interval=0.25 if args.tiny else 1.0, procs=procs,
                                       what="every execution ended")
             counted = metrics_switch.steps_counted(metrics_url, procs.env.get("PATCHAAS_BENCH_BEAT_METRICS"))
             ticks = tick_seconds(metrics_url)  # the tick's own duration, as the worker's exporter measured it
         finally:
+            vacuum.__exit__(None, None, None)
             procs.stop_all()
         with engine.connect() as conn:
             states = dict(conn.execute(sa.select(models.Execution.state, sa.func.count())
                                        .group_by(models.Execution.state)).all())
         engine.dispose()
     result = lags(url, set(ids))
-    result.update(seconds=t_end - t0, states=states, metrics=counted, ticks=ticks)
+    result.update(seconds=t_end - t0, states=states, metrics=counted, ticks=ticks,
+                  autovacuum=dict(vacuum.runs, active=vacuum.active, seconds=vacuum.seconds))
     for name in ("worker", "beat"):
         first, peak, last = common.rss_summary(procs.rss.get(name, []))
         result[f"{name}_rss"] = (first, peak, last)
@@ -252,7 +256,7 @@ class _Dispatch:
     def deliver(self, outbox_id: int) -> None:
         return None
 
-    def advance_many(self, ids: list[str]) -> None:
+    def advance_many(self, ids: list[str], delay: float = 0.0) -> None:
         self.steps.extend(ids)
 
 
@@ -271,11 +275,10 @@ def statements_per_step(args: Any, url: str, sim_url: str, count: int, metrics: 
         names = server_names(count, start)
         start += count
         register(url, names)
-        simulate(sim_url, names, time.time(), 1.0, reset=False)
-        ids = waiting_executions(url, names, 0.0)
-        time.sleep(1.1)  # every server is back: each run goes to its end
+        simulate(sim_url, names, time.time() - 2.0, 1.0, reset=False)  # every server is back already: each
+        ids = waiting_executions(url, names, 0.0)  # run goes to its end
         settings = Settings(database_url=url, broker_url="memory://", sim_state_url=sim_url,
-                            poll_interval_seconds=args.poll, metrics_enabled=metrics)
+                            poll_interval_seconds=args.poll, metrics_enabled=metrics, settle_seconds=0)
         dispatcher = _Dispatch()
         container = bootstrap.build(settings, dispatcher=dispatcher)
         counter = common.QueryCounter(container.db_engine)

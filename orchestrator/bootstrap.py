@@ -20,6 +20,7 @@ from orchestrator.services.patching import PatchService
 from orchestrator.settings import Settings
 from simulation import faults
 from workers import mail, webhooks
+from workers.fleet import health_probes
 
 
 class Container:
@@ -145,6 +146,8 @@ def build(
     clock: Callable[[], datetime] = db.utcnow,
     hooks: Hooks | None = None,
     webhook_sender: ports.WebhookSender | None = None,
+    hook_caller: ports.HttpCaller | None = None,
+    health_prober: ports.HealthProber | None = None,
 ) -> Container:
     """Wire a container; anything passed in replaces what settings would build."""
     sql = db.create_engine_for(settings.database_url, ping_after_idle=settings.db_ping_after_idle_seconds)
@@ -174,6 +177,10 @@ def build(
         )
         sender = webhook_sender if webhook_sender is not None else build_webhook_sender(settings)
         engine.webhooks = WebhookOutbox(engine.transaction, sender, clock, webhook_config(settings), crash_hooks)
+        engine.hook_caller = hook_caller if hook_caller is not None else webhooks.HttpxHookCaller(
+            settings.webhook_allow_private_addresses)  # HTTP hooks: the same address rule as webhooks
+        engine.hook_keys = settings.webhook_key.get_secret_value() if settings.webhook_key else None
+        engine.health_prober = health_prober if health_prober is not None else health_probes.HttpxProber()
         return driver, engine
 
     service = PatchService(sessions=sessions, dispatcher=dispatcher, clock=clock,

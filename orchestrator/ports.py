@@ -8,11 +8,13 @@ repeating an effect, so a retried step never does the work twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from typing import Protocol
 
-from schemas.fleet import CycleReport, PackageRun, ServerStatus
+from schemas.fleet import CycleReport, PackageRun, ServerStatus, SettleStatus
+from schemas.hooks import CommandResult
 
 
 class FleetError(Exception):
@@ -54,6 +56,22 @@ class Fleet(Protocol):
         """The cycle started under `key`: None if the server never received it, else running or finished."""
         ...
 
+    def settled(self, server: str) -> SettleStatus:
+        """Whether the server, back from a reboot, has finished servicing (read-only; asked while settling). A
+        driver without this method is read as `settled_by_status` (boot id only): engine/steps.py."""
+        ...
+
+    def run_command(self, server: str, key: str, command: str, timeout: float) -> CommandResult:
+        """Run a hook's command on the server (PowerShell on Windows, sh on Linux) and wait for it, at most
+        `timeout` seconds. Idempotent per key: a repeat with a key the far side knows answers that run's result
+        instead of running it again. A driver without this method refuses command hooks (engine/hook_runs.py)."""
+        ...
+
+
+def settled_by_status(status: ServerStatus) -> SettleStatus:
+    """What a driver that cannot see the servicing stack answers: idle as soon as the server is up."""
+    return SettleStatus(up=status.up, boot_id=status.boot_id, idle=status.up, detail="" if status.up else "not up")
+
 
 class Dispatcher(Protocol):
     """Hands ids to workers (Celery in production; a list in unit tests)."""
@@ -80,6 +98,35 @@ class WebhookSender(Protocol):
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
         """The HTTP status the receiver answered; raises on a transport failure (refused, timeout, TLS)."""
+        ...
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """What an HTTP hook's receiver answered: the status and the start of the body."""
+
+    status: int
+    body: str = ""
+
+
+class HttpCaller(Protocol):
+    """Makes one HTTP hook request (workers/webhooks.py: httpx, no redirects; an in-memory one for tests)."""
+
+    def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
+                timeout: float) -> HttpAnswer:
+        """The receiver's answer; raises on a transport failure (refused, timeout, TLS, a blocked address)."""
+        ...
+
+
+class HealthProber(Protocol):
+    """The health checks that run from the orchestrator (workers/fleet/health_probes.py: httpx and sockets)."""
+
+    def http(self, url: str, timeout: float) -> HttpAnswer:
+        """GET `url` (no redirects followed): the status and the start of the body; raises on a transport failure."""
+        ...
+
+    def tcp(self, host: str, port: int, timeout: float) -> None:
+        """Open a TCP connection and close it; raises OSError when it cannot be opened within `timeout`."""
         ...
 
 

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_pending_reboots: int = Field(
         default=3, ge=1, description="reboots in a row for a reboot the package still finds pending, before failing"
     )
+    settle_seconds: float = Field(
+        default=60.0, ge=0, description="after a reboot: how long the servicing stack must stay idle (docs/HOOKS.md)"
+    )
 
     lease_seconds: float = Field(default=300.0, description="a step's lease; above the longest fleet call")
     redrive_seconds: float = Field(default=30.0, description="how long a dispatched step waits to be re-sent")
@@ -150,8 +153,19 @@ class Settings(BaseSettings):
     clc_username: str | None = None
     clc_password: SecretStr | None = None
     clc_account_alias: str | None = Field(default=None, description="unset: the alias the CLC login answers")
-    clc_rate_per_second: float = Field(default=10.0, gt=0, description="client-side rate limit, per process")
+    clc_rate_per_second: float = Field(
+        default=10.0, gt=0, description="client-side rate limit, per process: the most the adaptive limiter sends"
+    )
     clc_rate_burst: int = Field(default=10, ge=1)
+    clc_rate_start_per_second: float | None = Field(
+        default=None, gt=0, description="where the adaptive limiter starts, doubling each second until a 429 "
+        "(unset: at PATCHAAS_CLC_RATE_PER_SECOND)"
+    )
+    clc_concurrency: int = Field(
+        default=128, ge=1, le=2048,
+        description="clc calls in flight per worker process (a batch round's pool width; above PATCHAAS_BATCH_SIZE "
+        "buys nothing: bench/control_plane.py)"
+    )
     clc_retry_attempts: int = Field(default=6, ge=1, description="attempts per request on 5xx/connection errors")
     clc_retry_initial_seconds: float = Field(default=0.25, ge=0, description="first backoff (doubles, + jitter)")
     clc_retry_max_backoff_seconds: float = Field(default=4.0, ge=0)
@@ -193,6 +207,9 @@ class Settings(BaseSettings):
         default="kernel* nss*", description="dnf/yum: package globs never upgraded (the original's default)"
     )
     ssh_apt_excludes: str = Field(default="", description="apt: package globs never upgraded")
+    ssh_settle_degraded: bool = Field(
+        default=True, description="after a reboot, systemctl is-system-running `degraded` counts as settled"
+    )
 
     def policy(self) -> Policy:
         """The state machine's guards."""
@@ -211,4 +228,5 @@ class Settings(BaseSettings):
             busy_backoff=timedelta(seconds=self.busy_backoff_seconds),
             busy_backoff_max=timedelta(seconds=self.busy_backoff_max_seconds),
             max_pending_reboots=self.max_pending_reboots,
+            settle_period=timedelta(seconds=self.settle_seconds),
         )

@@ -73,6 +73,21 @@ class ServerStatus(BaseModel):
     pending_reboot: bool = Field(description="WUA SystemInfo.RebootRequired")
 
 
+class SettleStatus(BaseModel):
+    """Whether a server back from a reboot has finished servicing (issue 14, `Fleet.settled`): up, with which
+    boot id, and whether its servicing stack is idle. On Windows: no pending Component Based Servicing /
+    TrustedInstaller operation ("configuring updates"); on Linux: `systemctl is-system-running` says running (or
+    degraded, when the driver accepts it). The engine waits until it stays idle for the settle period."""
+
+    model_config = ConfigDict(frozen=True)
+
+    up: bool = Field(description="booted and answering")
+    boot_id: str = Field(description="the boot id now: a change while settling restarts the settle period")
+    idle: bool = Field(description="the servicing stack is idle (nothing configuring, every unit started)")
+    reboot_required: bool = Field(default=False, description="WUA SystemInfo.RebootRequired (Windows) after the boot")
+    detail: str = Field(default="", max_length=500, description="what the servicing stack is doing, in words")
+
+
 class PackageRun(BaseModel):
     """What one invocation of the update package is asked to do (one cycle)."""
 

@@ -54,6 +54,37 @@ class PatchDetail(BaseModel):
     reboot_required: bool
 
 
+class HookRunDetail(BaseModel):
+    """One pre/post hook run of an execution (docs/HOOKS.md): at most one per (point, cycle, hook)."""
+
+    name: str
+    point: str
+    cycle: int
+    kind: str
+    status: str = Field(description="running | ok | failed | unknown (an HTTP call interrupted: not re-sent)")
+    on_failure: str
+    exit_code: int | None = Field(description="the command's exit code, or the HTTP status")
+    output: str | None
+    attempts: int
+    start_time: datetime
+    end_time: datetime | None
+
+
+class HealthCheckDetail(BaseModel):
+    """One attempt of one health check of an execution (docs/HOOKS.md "Health checks")."""
+
+    name: str
+    kind: str = Field(description="http | tcp | service | command")
+    target: str = Field(description="what it looks at, e.g. GET https://… → 200, tcp host:port, service W3SVC")
+    phase: str = Field(description="baseline (before maintenance) | after_reboot | final (after the last cycle)")
+    cycle: int
+    attempt: int
+    status: str = Field(description="running | ok | retrying (another attempt follows) | failed (no attempt left)")
+    output: str | None
+    start_time: datetime
+    end_time: datetime | None
+
+
 class ExecutionDetail(BaseModel):
     """One execution with every patch it attempted."""
 
@@ -74,6 +105,9 @@ class ExecutionDetail(BaseModel):
     quarantined: dict[str, str]
     cancelled_by: str | None = None
     cancel_reason: str | None = None
+    hooks: list[HookRunDetail] = Field(default_factory=list, description="its pre/post hook runs, oldest first")
+    health_checks: list[HealthCheckDetail] = Field(
+        default_factory=list, description="every attempt of its health checks, oldest first")
 
 
 class PackageRequest(BaseModel):

@@ -39,6 +39,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas import health, hooks
+
 KB_RE = re.compile(r"^KB\d{6,8}$")
 SAFE_GLOB = re.compile(r"^[A-Za-z0-9*?\[\]+._~@-]{1,100}$")  # a package exclusion (the ssh driver uses it too)
 
@@ -233,11 +235,18 @@ def parse(parameters: dict[str, object] | None) -> PatchSelection:
     from pydantic import ValidationError
 
     try:
-        return PatchSelection.model_validate(parameters or {})
+        chosen = PatchSelection.model_validate({k: v for k, v in (parameters or {}).items() if k not in RUN_OPTIONS})
+        hooks.parse_names((parameters or {}).get("hooks"))
+        health.parse(parameters)  # healthChecks, onHealthFailure (ValueError with its own readable message)
+        return chosen
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"invalid package parameters: {problems}") from None
 
+
+RUN_OPTIONS = frozenset({"hooks", *health.PARAMETERS})
+"""Package parameters the orchestrator itself reads (schemas/hooks.py: which of the account's hooks the run uses);
+never sent to the update package."""
 
 FIELDS = frozenset({"includeKbs", "excludeKbs", "classifications", "rebootPolicy", "scanOnly", "packageExclusions",
                     "approveAfterDays", "severities", "updateService"})

@@ -24,6 +24,7 @@ _DATACENTER = re.compile(r"^([A-Za-z]{2}\d)")
 def server_json(alias: str, fleet: SimulatedFleet, server: str) -> dict[str, Any]:
     """GET /v2/servers/{alias}/{serverId} in CLC's shape, plus our `patchaas` extension."""
     status = fleet.status(server.upper())
+    settle = fleet.settled(server.upper())
     server_id = status.name.lower()
     digest = hashlib.sha256(status.name.encode()).digest()
     alias_lower = alias.lower()
@@ -57,7 +58,8 @@ def server_json(alias: str, fleet: SimulatedFleet, server: str) -> dict[str, Any
             {"rel": "self", "href": f"/v2/servers/{alias_lower}/{server_id}", "id": server_id, "verbs": ["GET"]},
             {"rel": "account", "href": f"/v2/accounts/{alias_lower}", "id": alias_lower},
         ],
-        clc_wire.EXTENSION: {"bootId": status.boot_id, "rebootPending": status.pending_reboot, "up": status.up},
+        clc_wire.EXTENSION: {"bootId": status.boot_id, "rebootPending": status.pending_reboot, "up": status.up,
+                             clc_wire.SERVICING: clc_wire.servicing_json(settle)},
     }
 
 

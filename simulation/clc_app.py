@@ -18,7 +18,8 @@ state (servers, effects, package runs) lives in the fleet's store, shared with o
 a SqlStore. A request carrying an `Idempotency-Key` (or, for Execute Package, the `patchaas.idempotencyKey`
 parameter) performs its effect once per (operation, server, key) and answers the same status id again.
 
-Faults (`Faults`): added latency on every CLC request; a share of requests answered 500/502/503; a share of
+Faults (`Faults`): added latency on every CLC request; a rate limit per account (429 with `Retry-After`,
+`clc_rate_limit`); a share of requests answered 500/502/503; a share of
 connections closed without an answer; tokens that expire after `token_ttl_seconds`. Half of the injected
 5xx and drops (by default) strike after the request's effect was done: the answer is lost, not the work.
 
@@ -41,7 +42,13 @@ from starlette.exceptions import HTTPException
 from orchestrator.ports import FleetError, FleetRefused
 from schemas.fleet import CycleReport, HeartbeatReport
 from simulation.clc_answers import CLC_BAD_CREDENTIALS, SERVER_ERROR, UNAUTHORIZED, hidden, json_message, server_json
-from simulation.clc_bodies import ExecutePackageBody, LoginBody, SetMaintenanceBody, package_invocation
+from simulation.clc_bodies import (
+    ExecutePackageBody,
+    LoginBody,
+    SetMaintenanceBody,
+    hook_command,
+    package_invocation,
+)
 from simulation.clc_control_plane import ControlPlane, QueuedOperation, QueueEntry, SimUser
 from simulation.clc_faults import FaultInjector, FaultLog, Faults
 from simulation.clc_reporter import Reporter
@@ -81,7 +88,7 @@ def create_app(
     """
     faults = faults or Faults()
     plane = ControlPlane(fleet, users, faults.token_ttl_seconds, clock)
-    fault_log = FaultLog()
+    fault_log = FaultLog(rate=faults.rate_limit or None)
     reporter = reporter or Reporter(fleet, faults)
     app = FastAPI(
         title="patchaas CLC API v2 simulator", docs_url=None, redoc_url=None, openapi_url="/simulator/openapi.json"
@@ -158,6 +165,17 @@ def create_app(
 
     @app.post("/v2/operations/{alias}/servers/executePackage")
     def execute_package(alias: str, body: ExecutePackageBody, _user: Caller, key: IdempotencyKey = None) -> Any:
+        if body.package.package_id == clc_wire.HOOK_PACKAGE_ID:  # a hook's command (docs/HOOKS.md)
+            command, timeout, hook_key = hook_command(body.package, key)
+
+            def run_for(server: str) -> Callable[[str], QueuedOperation | None]:
+                def act(k: str) -> QueuedOperation:
+                    fleet.run_command(server, k, command, timeout)
+                    return QueuedOperation("", "executePackage", server, k)
+
+                return act
+
+            return answer(alias, (plane.queue("executePackage", s, hook_key, run_for(s.upper())) for s in body.servers))
         run, run_key, report_to = package_invocation(body.package, key)
 
         def act_for(server: str) -> Callable[[str], QueuedOperation | None]:
@@ -191,6 +209,17 @@ def create_app(
         if faults.hide_package_results:
             report = hidden(report)
         return report.model_dump(mode="json", exclude=ORCHESTRATOR_ONLY)  # a control plane hears no heartbeats
+
+    @app.get("/v2/patchaas/{alias}/servers/{server}/commandRuns/{key}")
+    def command_run(alias: str, server: str, key: str, _user: Caller) -> Any:
+        try:
+            result = fleet.command_result(server.upper(), key)
+        except FleetRefused:
+            return json_message(404, f"The server {server} was not found.", code="serverNotFound")
+        if result is None:
+            return json_message(404, f"No command run {key} on {server}.", code=clc_wire.COMMAND_RUN_NOT_FOUND)
+        return {"state": "finished", "exitCode": result.exit_code, "output": result.output,
+                "timedOut": result.timed_out}
 
     @app.get("/simulator/health")
     def health() -> Any:

@@ -90,3 +90,17 @@ def _deadline(text: str) -> datetime | None:
         return datetime.fromtimestamp(int(text), tz=UTC)
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def hook_command(package: PackageBody, header_key: str | None) -> tuple[str, float, str]:
+    """A hook's command, its timeout and its idempotency key, from the hook script package's parameters."""
+    params = dict(package.parameters)
+    command = str(params.get(clc_wire.HOOK_COMMAND) or "")
+    key = str(params.get(clc_wire.PARAM_IDEMPOTENCY_KEY) or header_key or f"sim-{uuid.uuid4().hex}")
+    try:
+        timeout = float(params.get(clc_wire.HOOK_TIMEOUT_SECONDS) or 60)
+    except ValueError:
+        raise HTTPException(400, "The package parameters are invalid: patchaas.timeoutSeconds") from None
+    if not command:
+        raise HTTPException(400, "The package parameters are invalid: patchaas.command is missing")
+    return command, timeout, key

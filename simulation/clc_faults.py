@@ -1,6 +1,7 @@
 """Fault injection of the simulated CLC API: what goes wrong on purpose (`Faults`), how often it did
 (`FaultLog`), and the ASGI middleware that does it (`FaultInjector`): added latency on every CLC request, a
-share of requests answered 500/502/503, a share of connections closed without an answer. Half of the injected
+server-side rate limit per account (429 with `Retry-After`, simulation/clc_rate_limit.py), a share of
+requests answered 500/502/503, a share of connections closed without an answer. Half of the injected
 5xx and drops (by default) strike after the request's effect was done: the answer is lost, not the work.
 Tokens that expire after `token_ttl_seconds` are the control plane's (simulation/clc_control_plane.py)."""
 
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from simulation.clc_answers import SERVER_ERROR, json_message
 from simulation.clc_control_plane import DEFAULT_TOKEN_TTL
+from simulation.clc_rate_limit import THROTTLED_MESSAGE, AccountRateLimit, RateLimitLog, account_of, retry_after_header
 
 TRANSPORT_STATE_KEY = "patchaas.transport"  # where DroppableH11Protocol puts the connection's transport
 
@@ -34,6 +36,8 @@ class Faults:
     report_drop_rate: float = 0.0  # share of cycle reports a simulated server never posts (polling must cover)
     report_duplicate_rate: float = 0.0  # share of cycle reports posted twice (the API must record them once)
     hide_package_results: bool = False  # packageRuns never tells a run finished: results only by report channel
+    rate_limit: float = 0.0  # requests a second per account, answered 429 + Retry-After beyond it (0: no limit)
+    rate_limit_burst: float | None = None  # the bucket's size (None: one second's worth)
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "drop_rate", "after_effect_share", "report_drop_rate", "report_duplicate_rate"):
@@ -44,6 +48,8 @@ class Faults:
             raise ValueError("error_rate + drop_rate must not exceed 1")
         if self.latency_ms < 0 or self.token_ttl_seconds <= 0:
             raise ValueError("latency_ms must be >= 0 and token_ttl_seconds > 0")
+        if self.rate_limit < 0 or (self.rate_limit_burst is not None and self.rate_limit_burst < 1):
+            raise ValueError("rate_limit must be >= 0 and rate_limit_burst >= 1")
 
 
 @dataclass
@@ -55,6 +61,8 @@ class FaultLog:
     errors_after: int = 0
     drops_before: int = 0
     drops_after: int = 0
+    rate_limited: RateLimitLog = field(default_factory=RateLimitLog)
+    rate: float | None = None  # the server-side rate limit, when on
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, name: str) -> None:
@@ -69,6 +77,7 @@ class FaultLog:
                 "requests": self.requests,
                 "errors": {"beforeEffect": self.errors_before, "afterEffect": self.errors_after},
                 "drops": {"beforeEffect": self.drops_before, "afterEffect": self.drops_after},
+                "rateLimit": self.rate_limited.as_json(self.rate),
             }
 
 
@@ -81,7 +90,9 @@ async def _swallow(_message: Message) -> None:
 
 
 class FaultInjector:
-    """ASGI middleware: latency, 5xx answers and dropped connections on the CLC paths (`/v2/...`)."""
+    """ASGI middleware: latency, the rate limit, 5xx answers and dropped connections on the CLC paths
+    (`/v2/...`). A request over the rate limit is refused on arrival (its account's bucket is empty) and
+    answered 429 after the same latency as any other; it never reaches the app."""
 
     def __init__(self, app: ASGIApp, faults: Faults, log: FaultLog) -> None:
         self.app = app
@@ -89,14 +100,25 @@ class FaultInjector:
         self.log = log
         self._rng = random.Random(faults.seed)
         self._lock = threading.Lock()
+        self.limit = AccountRateLimit(faults.rate_limit, faults.rate_limit_burst) if faults.rate_limit > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v2/"):
             await self.app(scope, receive, send)
             return
         self.log.count("requests")
+        wait = 0.0
+        if self.limit is not None:
+            account = account_of(str(scope.get("path", "")))
+            wait = self.limit.admit(account)
+            self.log.rate_limited.count(account, accepted=wait == 0.0)
         if self.faults.latency_ms > 0:
             await asyncio.sleep(self.faults.latency_ms / 1000.0)
+        if wait > 0.0:
+            refusal = json_message(429, THROTTLED_MESSAGE)
+            refusal.headers["Retry-After"] = retry_after_header(wait)
+            await refusal(scope, receive, send)
+            return
         fault, after, status = self._roll()
         if fault is None:
             await self.app(scope, receive, send)

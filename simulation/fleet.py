@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from orchestrator.ports import FleetError, FleetRefused
+from schemas import health
 from schemas.fleet import (
     CycleReport,
     CycleState,
@@ -29,8 +30,10 @@ from schemas.fleet import (
     PowerState,
     ResultCode,
     ServerStatus,
+    SettleStatus,
 )
-from simulation import bulk_effects
+from schemas.hooks import CommandResult
+from simulation import bulk_effects, commands
 from simulation.catalog import is_supported
 from simulation.package_run import HRESULT_ALL_FAILED, run_cycle
 from simulation.records import Document, Effect, EffectKind
@@ -48,6 +51,7 @@ class SimTimings:
     reboot_seconds: float = 0.0
     package_seconds: float = 0.0
     power_seconds: float = 0.0
+    configure_seconds: float = 0.0  # CONFIGURING_UPDATES: still configuring updates this long after each boot
 
     @classmethod
     def instant(cls) -> SimTimings:
@@ -57,7 +61,7 @@ class SimTimings:
     @classmethod
     def demo(cls) -> SimTimings:
         """Short but visible waits (the `patchaas demo` fleet)."""
-        return cls(reboot_seconds=1.5, package_seconds=1.0, power_seconds=1.0)
+        return cls(reboot_seconds=1.5, package_seconds=1.0, power_seconds=1.0, configure_seconds=2.0)
 
 
 # --- the fleet ---------------------------------------------------------------------------------
@@ -139,6 +143,33 @@ class SimulatedFleet:
                 boot_id=state.boot_id(spec.name),
                 pending_reboot=state.pending_reboot,
             )
+
+    def settled(self, server: str) -> SettleStatus:
+        """Whether the server has finished servicing: a CONFIGURING_UPDATES server answers (new boot id) but is
+        still configuring updates for `configure_seconds` after each boot."""
+        self._maybe_fail()
+        with self._server(server) as (_, spec, state, now):
+            configuring = state.configuring(now)
+            if state.configuring_until is not None and not configuring and state.up:
+                state.configuring_until = None  # done: the next reboot configures again
+            detail = ""
+            if configuring:
+                assert state.configuring_until is not None
+                detail = (f"configuring updates: TrustedInstaller is busy, Component Based Servicing has a pending "
+                          f"operation ({max(0.0, state.configuring_until - now):.0f}s left)")
+            elif not state.up:
+                detail = "not up"
+            return SettleStatus(up=state.up, boot_id=state.boot_id(spec.name), idle=state.up and not configuring,
+                                reboot_required=state.pending_reboot, detail=detail)
+
+    def check_service(self, server: str, key: str, service: str | None, timeout: float) -> CommandResult:
+        """An on-server health check of a service (orchestrator/engine/health_runs.py): running, unless the server is
+        SERVICE_DOWN and rebooted after an install; not reachable while down."""
+        self._maybe_fail()
+        with self._server(server) as (_, spec, state, _now):
+            if not state.up:
+                raise FleetError(f"server {spec.name} is not reachable")
+            return _service_state(state, service)
 
     def statuses(self, servers: Sequence[str]) -> dict[str, ServerStatus]:
         """`status` of many servers in one store transaction (one statement to read, one to write back the
@@ -238,6 +269,8 @@ class SimulatedFleet:
             if spec.scenario is Scenario.NEVER_RETURNS:
                 state.stuck = True
             state.booting_until = now + self.timings.reboot_seconds
+            if spec.scenario is Scenario.CONFIGURING_UPDATES:  # answers after the boot, configures a while longer
+                state.configuring_until = state.booting_until + self.timings.configure_seconds
 
     def invoke_package(self, server: str, key: str, run: PackageRun) -> None:
         """Run one cycle as the package does (simulation/package_run.py): search, apply the run's selection
@@ -275,6 +308,28 @@ class SimulatedFleet:
         self._maybe_fail()
         with self._server(server) as (session, _spec, _state, now):
             return _report(session.op(_PACKAGE, key), key, now)
+
+    def run_command(self, server: str, key: str, command: str, timeout: float) -> CommandResult:
+        """Run a hook's command (the language of simulation/commands.py) on an up server, once per key: a repeat
+        answers the first run's result."""
+        self._maybe_fail()
+        with self._server(server) as (session, spec, state, now):
+            done = session.op(EffectKind.COMMAND, key)
+            if done is not None:
+                return CommandResult.model_validate(done["result"])
+            if not state.up:
+                raise FleetError(f"server {spec.name} is not reachable")
+            service = health.service_of_command(command)  # a health check's service command: from the state
+            result = _service_state(state, service) if service is not None else commands.run(command, timeout)[0]
+            session.put_op(EffectKind.COMMAND, key, {"at": now, "result": result.model_dump(mode="json")})
+            session.record(Effect(spec.name, EffectKind.COMMAND, key, None, now))
+            return result
+
+    def command_result(self, server: str, key: str) -> CommandResult | None:
+        """The result of the hook command run under `key` (None: never received); nothing runs."""
+        with self._server(server) as (session, _spec, _state, _now):
+            done = session.op(EffectKind.COMMAND, key)
+            return None if done is None else CommandResult.model_validate(done["result"])
 
     # --- inspection (tests, demo) ------------------------------------------------------------
 
@@ -333,6 +388,13 @@ def _report(job: Document | None, key: str, now: float) -> CycleReport | None:
         return HeartbeatReport(**running, phase=job.get("phase"), beats=beats,
                                heard_at=_datetime(job["started_at"] + beats * every))
     return CycleReport.model_validate(job["report"])
+
+
+def _service_state(state: ServerState, service: str | None) -> CommandResult:
+    """A service on a simulated server: running, unless it is SERVICE_DOWN after the reboot that followed an install."""
+    if state.services_down:
+        return CommandResult(exit_code=1, output=f"service {service} is Stopped (it did not start after the reboot)")
+    return CommandResult(exit_code=0, output=f"service {service} is Running")
 
 
 def _datetime(timestamp: float) -> datetime:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from orchestrator.domain.cycles import HRESULT_INSTALL_NOT_ALLOWED, HRESULT_OPERATION_IN_PROGRESS
 from schemas import selection
 from schemas.fleet import BlockedBy, CycleReport, CycleState, PackageRun, ResultCode, UpdateResult
 from simulation.catalog import CatalogUpdate, Classification
@@ -17,8 +18,6 @@ from simulation.server_state import ServerState, install, scanned, search
 from simulation.specs import Scenario, SimServerSpec
 
 HRESULT_ALL_FAILED = 0x80240022  # WU_E_ALL_UPDATES_FAILED: the batch HRESULT when nothing installed
-HRESULT_INSTALL_NOT_ALLOWED = 0x80240016  # WU_E_INSTALL_NOT_ALLOWED: a reboot is pending
-HRESULT_OPERATION_IN_PROGRESS = 0x80240024  # WU_E_OPERATIONINPROGRESS: another install is running
 HRESULT_SEARCH_UNREACHABLE = 0x8024402C  # WU_E_PT_WINHTTP_NAME_NOT_RESOLVED: the update service is not reachable
 HRESULT_SEARCH_PARTIAL = 0x80244022  # WU_E_PT_HTTP_STATUS_SERVICE_UNAVAIL: one service of the search did not answer
 HRESULT_TASK_DIED = 0x80004005  # E_FAIL: the dead task's last result, as the outer run reports it

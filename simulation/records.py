@@ -19,6 +19,7 @@ class EffectKind(StrEnum):
     POWER_OFF = "power_off"
     MAINTENANCE_ON = "maintenance_on"
     MAINTENANCE_OFF = "maintenance_off"
+    COMMAND = "command"  # a hook's command ran (simulation/commands.py), once per idempotency key
 
 
 @dataclass(frozen=True)

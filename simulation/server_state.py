@@ -32,10 +32,16 @@ class ServerState:
     hidden_pending: bool = False  # a reboot pending that the control plane does not report (REBOOT_PENDING_INSTALL)
     searches: int = 0  # package runs that searched (PARTIAL_SEARCH: the first fails, the second is partial)
     runs: int = 0  # package runs that had something to install (INSTALLER_BUSY, PACKAGE_DIES, LONG_CYCLE)
+    configuring_until: float | None = None  # up but still "configuring updates" until then (CONFIGURING_UPDATES)
+    services_down: bool = False  # its services did not start after the last boot (SERVICE_DOWN)
 
     @property
     def up(self) -> bool:
         return self.power_state is PowerState.STARTED and self.booting_until is None and not self.stuck
+
+    def configuring(self, now: float) -> bool:
+        """Up, answering, and still configuring updates (the servicing stack is busy)."""
+        return self.up and self.configuring_until is not None and now < self.configuring_until
 
     @property
     def pending_reboot(self) -> bool:
@@ -72,6 +78,8 @@ class ServerState:
             "hidden_pending": self.hidden_pending,
             "searches": self.searches,
             "runs": self.runs,
+            "configuring_until": self.configuring_until,
+            "services_down": self.services_down,
         }
 
     @classmethod
@@ -91,6 +99,8 @@ class ServerState:
             hidden_pending=doc.get("hidden_pending", False),
             searches=doc.get("searches", 0),
             runs=doc.get("runs", 0),
+            configuring_until=doc.get("configuring_until"),
+            services_down=doc.get("services_down", False),
         )
 
 
@@ -100,6 +110,8 @@ def advance(spec: SimServerSpec, state: ServerState, now: float) -> None:
         return
     state.boots += 1
     state.booting_until = None
+    if spec.scenario is Scenario.SERVICE_DOWN and state.pending:  # an install's reboot: its services stay down
+        state.services_down = True
     for kb in state.pending:
         if spec.faults.get(kb) is not Fault.ROLLBACK:
             state.committed.append(kb)

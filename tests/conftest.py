@@ -14,7 +14,10 @@ from simulation.mailsink import MailSink
 
 PG_ADMIN_URL = os.environ.get("PATCHAAS_TEST_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PATCHAAS_TEST_REDIS", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("PATCHAAS_TEST_REDIS_DB", "15"))
+# Under pytest-xdist each worker process (gw0, gw1, …) takes a Redis database of its own, counting down from
+# PATCHAAS_TEST_REDIS_DB; its PostgreSQL database is named after its pid (`pg_url`).
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+REDIS_DB = int(os.environ.get("PATCHAAS_TEST_REDIS_DB", "15")) - int(_WORKER.removeprefix("gw") or 0)
 
 
 def _pg_database_url(name: str) -> str:

@@ -65,6 +65,8 @@ def test_settings(database_url: str, **overrides: object) -> Settings:
         "lease_seconds": 60.0,
         "redrive_seconds": 5.0,
         "retry_backoff_seconds": 1.0,
+        "settle_seconds": 0.0,  # settled at the first idle look after a reboot (tests/integration/engine/test_settle.py
+        #                         waits out a real settle period)
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
 """The senders behind the `WebhookSender` port: httpx with timeouts (one pooled client per process), and one
-in memory (tests, runs without receivers).
+in memory (tests, runs without receivers); and the same two behind `HttpCaller`, for HTTP hooks.
 
 The httpx sender never follows redirects (a 3xx is a failure: a receiver that moved gets a new URL), reads no
 response body, and by default refuses receivers on loopback, private, link-local or otherwise reserved
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
+
+from orchestrator.ports import HttpAnswer
 
 
 class BlockedAddress(Exception):
@@ -88,3 +90,65 @@ class MemoryWebhookSender:
         with self._lock:
             self.sent.append(Sent(url, body, dict(headers)))
         return self.answer(url) if self.answer is not None else self.status
+
+
+class HttpxHookCaller:
+    """HTTP hooks (orchestrator/engine/hook_runs.py) over httpx: the hook's method, headers and body, its own timeout,
+    no redirects, the first 4,000 characters of the answer kept; the same address rule as webhooks."""
+
+    def __init__(self, allow_private: bool = False) -> None:
+        self.allow_private = allow_private
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:  # made on first use: after a prefork worker forked
+            with self._lock:
+                if self._client is None:
+                    self._client = httpx.Client(follow_redirects=False, trust_env=False,
+                                                limits=httpx.Limits(max_connections=16, max_keepalive_connections=4))
+        return self._client
+
+    def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
+                timeout: float) -> HttpAnswer:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {parts.scheme}://…")
+        if not self.allow_private:
+            check_public(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        with self._http().stream(method, url, content=body, headers=dict(headers),
+                                 timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))) as answer:
+            text = b""
+            for chunk in answer.iter_bytes():
+                text += chunk
+                if len(text) >= 4000:
+                    break
+            return HttpAnswer(answer.status_code, text[:4000].decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+@dataclass(frozen=True)
+class Called:
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes | None
+
+
+class MemoryHookCaller:
+    """Keeps the HTTP hook requests it was asked to make (`calls`) and answers `status` (or `answer(url)`)."""
+
+    def __init__(self, status: int = 200, answer: Callable[[str], HttpAnswer] | None = None) -> None:
+        self.calls: list[Called] = []
+        self.status = status
+        self.answer = answer
+        self._lock = threading.Lock()
+
+    def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
+                timeout: float) -> HttpAnswer:
+        with self._lock:
+            self.calls.append(Called(method, url, dict(headers), body))
+        return self.answer(url) if self.answer is not None else HttpAnswer(self.status, "")

@@ -30,6 +30,22 @@ class PollServer:
 
 
 @dataclass(frozen=True)
+class CheckSettled:
+    """Read whether the server, back from a reboot, has finished servicing (read-only: no intent, no key)."""
+
+
+@dataclass(frozen=True)
+class RunHealthChecks:
+    """Run one attempt of each health check still due in `phase` (read-only; each attempt's intent is recorded in
+    `health_checks` first, its result with the transition): `due` is (check name, attempt number)."""
+
+    phase: str
+    cycle: int
+    key: str
+    due: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
 class SetMaintenance:
     """Turn maintenance mode on or off, unless it already is."""
 
@@ -71,6 +87,16 @@ class PowerOff:
 
 
 @dataclass(frozen=True)
+class RunHooks:
+    """Run the next hook of `point` (for `cycle`) that has no outcome yet; `key` prefixes each hook's idempotency
+    key (`<key>:<hook name>`): the engine records a hook run's intent before it calls out (engine/hook_runs.py)."""
+
+    point: str
+    cycle: int
+    key: str
+
+
+@dataclass(frozen=True)
 class Abandon:
     """No I/O: leave the normal path (cancelled, deadline passed, too many attempts)."""
 
@@ -82,10 +108,13 @@ Command = (
     InspectServer
     | PowerOn
     | PollServer
+    | CheckSettled
+    | RunHealthChecks
     | SetMaintenance
     | InvokeUpdatePackage
     | FetchCycleResult
     | RebootServer
     | PowerOff
+    | RunHooks
     | Abandon
 )

@@ -15,6 +15,7 @@ from typing import Any
 from orchestrator.domain import messages
 from orchestrator.domain.events import Decision
 from orchestrator.domain.execution import ExecutionView, State
+from orchestrator.domain.health_points import HEALTH_HOLD
 
 CLEANUP_STOPPED = "cleanup stopped"  # what `machine._abandon` writes when cleanup itself could not be done
 
@@ -43,6 +44,13 @@ KINDS: Mapping[str, str] = {
     "webhook.deleted": "a webhook subscription was deleted",
     "webhook.disabled": "a webhook subscription kept failing and was disabled",
     "webhook.enabled": "a disabled webhook subscription was enabled again",
+    # pre/post hooks (issue 14 part 3)
+    "hook.created": "a hook of the account was created",
+    "hook.updated": "a hook of the account was changed",
+    "hook.deleted": "a hook of the account was deleted",
+    "hook.failed": "a hook failed (or its call was interrupted) at a point of a run",
+    # health checks (issue 14 part 2)
+    "health_check.failed": "a health check of a run failed its last attempt (baseline, after a reboot, or final)",
 }
 
 
@@ -75,6 +83,12 @@ def of_decision(old: ExecutionView, decision: Decision) -> list[Fact]:
     for kb in sorted(set(new.quarantined) - set(old.quarantined)):
         facts.append(Fact("kb.quarantined", {**base, "kb": kb, "reason": new.quarantined[kb], "cycle": new.cycle},
                           old.id))
+    for check in decision.health:
+        if check.status == "failed":
+            facts.append(Fact("health_check.failed", {
+                **base, "check": check.name, "kind": check.kind, "target": check.target, "phase": check.phase,
+                "cycle": check.cycle, "attempts": check.attempt, "output": check.output[:500],
+            }, old.id))
     if new.terminal:
         facts.append(Fact("run.ended", {
             **base, "status": new.state.value, "reason": new.failure_reason, "cycles": new.cycle,
@@ -89,6 +103,8 @@ def of_decision(old: ExecutionView, decision: Decision) -> list[Fact]:
 def left_in_maintenance(old: ExecutionView, new: ExecutionView) -> bool:
     """The run ended while turning maintenance mode off failed: the flag is still on (the end email says
     "Maintenance mode could NOT be turned off"). A cleanup that stopped at restoring power had turned it off."""
+    if new.terminal and old.state is State.CHECKING_HEALTH and HEALTH_HOLD in (new.failure_reason or ""):
+        return True  # a health check failed under onHealthFailure fail: left on by policy
     return (new.terminal and old.state is State.EXITING_MAINTENANCE
             and CLEANUP_STOPPED in (new.failure_reason or "") and CLEANUP_STOPPED not in (old.failure_reason or ""))
 

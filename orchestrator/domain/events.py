@@ -10,7 +10,7 @@ from orchestrator.domain.execution import (
     ExecutionView,
     Outcome,
 )
-from schemas.fleet import CycleReport, ServerStatus
+from schemas.fleet import CycleReport, ServerStatus, SettleStatus
 
 # --- events: what happened (facts) -------------------------------------------------------------
 
@@ -20,6 +20,32 @@ class ServerInspected:
     """The server's status was read."""
 
     status: ServerStatus
+
+
+@dataclass(frozen=True)
+class SettleChecked:
+    """Whether the server back from a reboot has finished servicing was read."""
+
+    status: SettleStatus
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One attempt of one health check, as the engine ran it."""
+
+    name: str
+    attempt: int
+    ok: bool
+    output: str
+    started_at: datetime
+    ended_at: datetime
+
+
+@dataclass(frozen=True)
+class HealthChecked:
+    """The attempts of a RunHealthChecks command."""
+
+    results: tuple[CheckResult, ...]
 
 
 @dataclass(frozen=True)
@@ -66,8 +92,22 @@ class Abandoned:
     reason: str
 
 
+@dataclass(frozen=True)
+class HookRan:
+    """One hook of the current hook point ran (or had run before a crash): ok or not, whether its failure stops
+    the run (its `onFailure`), what it said, and how many hooks of the point are still to run (hook_points.py)."""
+
+    name: str
+    ok: bool
+    stops: bool
+    detail: str
+    remaining: int
+
+
 Event = (
     ServerInspected
+    | SettleChecked
+    | HealthChecked
     | PowerOnRequested
     | MaintenanceSet
     | PackageInvoked
@@ -75,6 +115,7 @@ Event = (
     | RebootRequested
     | PowerOffRequested
     | Abandoned
+    | HookRan
 )
 
 
@@ -117,6 +158,23 @@ class InitiationRecord:
 
 
 @dataclass(frozen=True)
+class HealthRecord:
+    """One health check attempt to record (`health_checks`, with the transition): `status` ok | failed (no attempt
+    left: `health_check.failed` is emitted) | retrying (another attempt follows)."""
+
+    phase: str
+    cycle: int
+    name: str
+    kind: str
+    target: str
+    attempt: int
+    status: str
+    output: str
+    started_at: datetime
+    ended_at: datetime
+
+
+@dataclass(frozen=True)
 class Decision:
     """The next view of the execution, when to act on it, and what to record with the transition."""
 
@@ -125,6 +183,8 @@ class Decision:
     note: str
     initiation: InitiationRecord | None = None
     emails: tuple[str, ...] = ()
+    audit: bool = False  # record the note in the execution's history even though the state stays (settle waits)
+    health: tuple[HealthRecord, ...] = ()  # health check attempts to record with the transition
 
 
 class TransitionError(Exception):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from schemas.fleet import PowerState
 from schemas.selection import PatchSelection, selection_of
@@ -24,8 +25,11 @@ class State(StrEnum):
     AWAITING_RESULT = "awaiting_result"  # the package runs on the server; poll its report
     REBOOTING = "rebooting"  # the cycle (or the pre-check) needs a reboot: ask for it
     AWAITING_BOOT = "awaiting_boot"  # waiting for the server to come back with a new boot id
+    SETTLING = "settling"  # back with a new boot id: waiting until its servicing stack stays idle (settle period)
+    CHECKING_HEALTH = "checking_health"  # the run's health checks of one phase, retried, then on (health_points.py)
     EXITING_MAINTENANCE = "exiting_maintenance"  # cleanup, every path: maintenance mode off
     RESTORING_POWER = "restoring_power"  # cleanup: the server was stopped before us: stop it again
+    RUNNING_HOOKS = "running_hooks"  # the account's hooks of one point run, one per step, then on (hook_points.py)
     COMPLETED = "completed"  # terminal: fully patched, nothing left to install
     FAILED = "failed"  # terminal: with a reason (deadline, quarantined KBs, loop, no convergence…)
     CANCELLED = "cancelled"  # terminal: an operator cancelled; who and why are recorded
@@ -41,7 +45,8 @@ class Outcome(StrEnum):
 
 TERMINAL: frozenset[State] = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
 CLEANUP: frozenset[State] = frozenset({State.EXITING_MAINTENANCE, State.RESTORING_POWER})
-WAITING: frozenset[State] = frozenset({State.AWAITING_POWER, State.AWAITING_RESULT, State.AWAITING_BOOT})
+WAITING: frozenset[State] = frozenset({State.AWAITING_POWER, State.AWAITING_RESULT, State.AWAITING_BOOT,
+                                       State.SETTLING})
 TERMINAL_OF: Mapping[Outcome, State] = {
     Outcome.COMPLETED: State.COMPLETED,
     Outcome.FAILED: State.FAILED,
@@ -68,6 +73,8 @@ class Policy:
     busy_backoff: timedelta = timedelta(minutes=2)  # the first wait before retrying such a cycle; doubles each time
     busy_backoff_max: timedelta = timedelta(minutes=30)
     max_pending_reboots: int = 3  # cycles in a row blocked by a pending reboot (each rebooted) before failing
+    # issue 14: a reboot is done when the server is up with a new boot id and its servicing stack stays idle this long
+    settle_period: timedelta = timedelta(seconds=60)  # (the reboot timeout bounds the whole wait, settling included)
 
 
 @dataclass(frozen=True)
@@ -98,8 +105,18 @@ class ExecutionView:
     parameters: Mapping[str, object] = field(default_factory=dict)
     not_after: datetime | None = None  # a patch window's end minus its cutoff: no new update cycle after it
     invoked_at: datetime | None = None  # when the running cycle was invoked: the heartbeat ceiling counts from it
+    settled_since: datetime | None = None  # settling: since when the servicing stack has been seen idle (None: not)
+    settle_boot_id: str | None = None  # settling: the boot id it was seen with (a new one restarts the period)
+    health: Mapping[str, Any] | None = None  # health checks (health_points.py): the phase running, its attempts and
+    #   results, where the run goes afterwards; the checks that failed at the baseline and the warnings so far
     account: str = ""  # the account alias: for log lines and traces only; no decision reads it
     trace_parent: str | None = None  # W3C traceparent of the request that queued the run (traces only)
+    # issue 14 part 3 (hook_points.py): the run's hooks, fixed at its first step ({name: definition}; None before),
+    # and while running_hooks: the point, the cycle it is about and the state the run goes on to afterwards
+    hook_plan: Mapping[str, Mapping[str, Any]] | None = None
+    hook_point: str | None = None
+    hook_cycle: int | None = None
+    hook_resume: State | None = None
 
     @property
     def terminal(self) -> bool:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
+from orchestrator.domain import health_points, hook_points
 from orchestrator.domain.commands import (
     Abandon,
+    CheckSettled,
     Command,
     FetchCycleResult,
     InspectServer,
@@ -22,14 +24,19 @@ from orchestrator.domain.commands import (
     PowerOff,
     PowerOn,
     RebootServer,
+    RunHealthChecks,
+    RunHooks,
     SetMaintenance,
 )
 from orchestrator.domain.cycles import SEARCH_FAILURES, cycle_finished
 from orchestrator.domain.events import (
     Abandoned,
+    CheckResult,
     CycleReported,
     Decision,
     Event,
+    HealthChecked,
+    HealthRecord,
     InitiationRecord,
     MaintenanceSet,
     PackageInvoked,
@@ -38,6 +45,7 @@ from orchestrator.domain.events import (
     PowerOnRequested,
     RebootRequested,
     ServerInspected,
+    SettleChecked,
     TransitionError,
 )
 from orchestrator.domain.execution import (
@@ -50,13 +58,13 @@ from orchestrator.domain.execution import (
     Policy,
     State,
 )
+from orchestrator.domain.settle import back_from_reboot, settle_checked
 from orchestrator.domain.transitions import (
     BUSY_WAITS,
     FINAL_REBOOT,
     REBOOT_SUPPRESSED,
     STEP_NAMES,
     abandon,
-    end_of_updates,
     finish,
     go,
     next_cycle,
@@ -75,12 +83,16 @@ __all__ = [  # the machine's vocabulary, named through this module: machine.Stat
     "Abandon",
     "Abandoned",
     "CLEANUP",
+    "CheckResult",
+    "CheckSettled",
     "Command",
     "CycleReported",
     "Decision",
     "Event",
     "ExecutionView",
     "FetchCycleResult",
+    "HealthChecked",
+    "HealthRecord",
     "InitiationRecord",
     "InspectServer",
     "InvokeUpdatePackage",
@@ -96,8 +108,10 @@ __all__ = [  # the machine's vocabulary, named through this module: machine.Stat
     "PowerOnRequested",
     "RebootRequested",
     "RebootServer",
+    "RunHealthChecks",
     "ServerInspected",
     "SetMaintenance",
+    "SettleChecked",
     "State",
     "TERMINAL",
     "TERMINAL_OF",
@@ -117,7 +131,7 @@ def command_for(view: ExecutionView, now: datetime, policy: Policy) -> Command:
     """What the execution's state wants done now."""
     if view.terminal:
         raise TransitionError(f"{view.id} is {view.state}: nothing to do")
-    in_cleanup = view.state in CLEANUP
+    in_cleanup = view.state in CLEANUP or hook_points.in_cleanup(view)  # post_run hooks run after cleanup
     if not in_cleanup and view.cancel_requested:
         who = view.cancelled_by or "an operator"
         why = f": {view.cancel_reason}" if view.cancel_reason else ""
@@ -132,6 +146,8 @@ def command_for(view: ExecutionView, now: datetime, policy: Policy) -> Command:
             return PowerOn(view.key("power_on"))
         case State.AWAITING_POWER | State.AWAITING_BOOT:
             return PollServer()
+        case State.SETTLING:
+            return CheckSettled()
         case State.ENTERING_MAINTENANCE:
             return SetMaintenance(True, view.key("maintenance_on"))
         case State.INVOKING_PACKAGE:
@@ -147,13 +163,26 @@ def command_for(view: ExecutionView, now: datetime, policy: Policy) -> Command:
             return SetMaintenance(False, view.key("maintenance_off"))
         case State.RESTORING_POWER:
             return PowerOff(view.key("power_off"))
+        case State.CHECKING_HEALTH:
+            return health_points.command(view)
+        case State.RUNNING_HOOKS:
+            cycle = view.hook_cycle or 0
+            return RunHooks(view.hook_point or "", cycle, f"{view.id}:hook:{view.hook_point}:{cycle}")
     raise TransitionError(f"no command for state {view.state}")  # pragma: no cover
 
 
 def decide(view: ExecutionView, event: Event, now: datetime, policy: Policy) -> Decision:
-    """Apply `event` to `view`: the next view, when to act next, and what to record."""
+    """Apply `event` to `view`: the next view, when to act next, and what to record. A transition that crosses a
+    hook point the run has hooks for goes through `running_hooks` first (hook_points.py)."""
     if view.terminal:
         raise TransitionError(f"{view.id} is already {view.state}")
+    if view.state is State.RUNNING_HOOKS:
+        return hook_points.decide(dataclasses.replace(view, attempts=0, last_error=None), event, now)
+    checked = health_points.detour(view, _decide(view, event, now, policy), now)  # checks before the point's hooks
+    return hook_points.detour(view, checked, now)
+
+
+def _decide(view: ExecutionView, event: Event, now: datetime, policy: Policy) -> Decision:
     fresh = dataclasses.replace(view, attempts=0, last_error=None)
     if isinstance(event, Abandoned):
         return abandon(fresh, event.outcome, event.reason, now)
@@ -190,11 +219,12 @@ def decide(view: ExecutionView, event: Event, now: datetime, policy: Policy) -> 
             return wait(nxt, State.AWAITING_BOOT, now, policy.reboot_timeout, "reboot requested")
         case State.AWAITING_BOOT, ServerInspected(status=status):
             if status.up and status.boot_id != view.boot_id_before:
-                nxt = dataclasses.replace(fresh, boot_id_before=None, reboot_reason=None)
-                if view.reboot_reason == FINAL_REBOOT:
-                    return end_of_updates(nxt, now, "server is back from the final reboot")
-                return next_cycle(nxt, now, policy, "server is back")
+                return back_from_reboot(fresh, status, now, policy)  # settled first (settle.py)
             return poll(view, now, policy, "server still rebooting")
+        case State.SETTLING, SettleChecked(status=settle):
+            return settle_checked(fresh, settle, now, policy)
+        case State.CHECKING_HEALTH, HealthChecked():
+            return health_points.checked(fresh, event, now, policy)
         case State.EXITING_MAINTENANCE, MaintenanceSet(on=False):
             if view.prior_power_state not in (None, PowerState.STARTED):
                 return go(fresh, State.RESTORING_POWER, now, "maintenance mode off")

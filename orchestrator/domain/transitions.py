@@ -29,8 +29,11 @@ STEP_NAMES: Mapping[State, str] = {
     State.AWAITING_RESULT: "reading the update package's result",
     State.REBOOTING: "rebooting the server",
     State.AWAITING_BOOT: "waiting for the server to come back",
+    State.SETTLING: "checking that the server's servicing stack is idle",
+    State.CHECKING_HEALTH: "running the health checks",
     State.EXITING_MAINTENANCE: "turning maintenance mode off",
     State.RESTORING_POWER: "powering the server off again",
+    State.RUNNING_HOOKS: "running a hook",
 }
 
 

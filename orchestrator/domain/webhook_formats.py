@@ -71,6 +71,10 @@ def summarize(kind: str, envelope: Mapping[str, Any]) -> Summary:
             facts.append(("Servers queued", str(data["queued"])))
     elif kind == "webhook.disabled":
         title, tone = f"Webhook {data.get('name')} disabled", BAD
+    elif kind == "hook.failed":  # a pre/post hook of a run (docs/HOOKS.md)
+        title, tone = f"Hook {data.get('hook')} failed at {data.get('point')}{on}", BAD
+        text = str(data.get("output") or data.get("status") or "")
+        facts.append(("On failure", str(data.get("onFailure") or "fail")))
     else:
         subject = data.get("name") or data.get("username") or ""
         title = f"{kind.replace('.', ' ').replace('_', ' ').capitalize()}{': ' + str(subject) if subject else ''}"

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from orchestrator.domain import machine, messages
+from orchestrator.engine import health_runs
 from orchestrator.persistence import models
 from schemas.fleet import PowerState
 
@@ -48,9 +49,28 @@ def to_view(row: models.Execution) -> machine.ExecutionView:
         parameters=dict(row.parameters or {}),
         not_after=row.not_after,
         invoked_at=row.invoked_at,
+        settled_since=row.settled_since,
+        settle_boot_id=row.settle_boot_id,
+        health=row.health,
         account=row.account_alias,
         trace_parent=row.trace_parent,
+        **_hook_fields(row),
     )
+
+
+def _hook_fields(row: models.Execution) -> dict[str, Any]:
+    """The hook plan and stage of a row (migration 0014, domain/hook_points.py)."""
+    stage = row.hook_stage or {}
+    return {"hook_plan": row.hook_plan, "hook_point": stage.get("point"), "hook_cycle": stage.get("cycle"),
+            "hook_resume": machine.State(stage["resume"]) if stage.get("resume") else None}
+
+
+def hook_stage(view: machine.ExecutionView) -> dict[str, Any] | None:
+    """The `hook_stage` column of a view: None outside running_hooks."""
+    if view.hook_point is None:
+        return None
+    return {"point": view.hook_point, "cycle": view.hook_cycle,
+            "resume": view.hook_resume.value if view.hook_resume else None}
 
 
 def _view_columns(view: machine.ExecutionView) -> dict[str, Any]:
@@ -69,7 +89,11 @@ def _view_columns(view: machine.ExecutionView) -> dict[str, Any]:
         "installed_kbs": sorted(view.installed_kbs),
         "quarantined": dict(view.quarantined),
         "installed_count": view.installed_count,
+        "hook_stage": hook_stage(view),
         "invoked_at": view.invoked_at,
+        "settled_since": view.settled_since,
+        "settle_boot_id": view.settle_boot_id,
+        "health": dict(view.health) if view.health is not None else None,
     }
 
 
@@ -160,6 +184,8 @@ def save(
         return False
     if decision.initiation is not None:
         _insert_initiation(session, old.id, decision.initiation)
+    if decision.health:
+        health_runs.write(session, old.id, decision.health)
     event = event_values(old, decision, now)
     if event is not None:
         session.add(models.ExecutionEvent(**event))
@@ -185,6 +211,8 @@ def save_values(
     if view.terminal:
         values["ended_at"] = now
         note = view.reboot_reason if view.reboot_reason == machine.REBOOT_SUPPRESSED else None
+        if view.state is machine.State.COMPLETED and (view.failure_reason or "").startswith("warning: "):
+            note = view.failure_reason  # completed with a warning (a health check under onHealthFailure continue)
         values["end_message"] = messages.execution_end(view.state.value, view.failure_reason, note)
     return values
 
@@ -192,7 +220,7 @@ def save_values(
 def event_values(old: machine.ExecutionView, decision: machine.Decision, now: datetime) -> dict[str, Any] | None:
     """The audit-trail row of a saved decision: a state change or a recorded cycle (None otherwise)."""
     view = decision.view
-    if old.state is view.state and decision.initiation is None:
+    if old.state is view.state and decision.initiation is None and not decision.audit:
         return None
     return {
         "execution_id": old.id, "at": now, "from_state": old.state.value, "to_state": view.state.value,
@@ -276,7 +304,7 @@ def claim_due_until(
     table = models.Execution.__table__
     keyset = [] if after is None else [table.c.next_run_at >= after[0], sa.or_(  # the first: the index's range
         table.c.next_run_at > after[0], sa.and_(table.c.next_run_at == after[0], table.c.id > after[1]))]
-    rows = session.execute(
+    due = (
         sa.select(table.c.id, table.c.next_run_at, table.c.lease_expires_at)
         .where(
             table.c.ended_at.is_(None),
@@ -288,8 +316,33 @@ def claim_due_until(
         .order_by(table.c.next_run_at, table.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
-    ).all()
+    )
+    if session.get_bind().dialect.name == "postgresql":  # found, locked and marked in one statement
+        return _claim_and_mark(session, due.cte("due"), now, until, redrive)
+    rows = session.execute(due).all()
     mark_dispatched(session, rows, now, until, redrive)  # re-sends spaced out when overdue
+    return [(r.id, r.next_run_at) for r in rows]
+
+
+def _claim_and_mark(session: Session, due: Any, now: datetime, until: datetime, redrive: timedelta
+                    ) -> list[tuple[str, datetime]]:
+    """`mark_dispatched` of the rows of `due` (the locked select, as a CTE) in the statement that finds
+    them: one round trip per `tick_batch` rows instead of two, and no id list sent back (100,000 servers:
+    the tick marks ~3,300 rows/s). The same window as `mark_dispatched`, computed in SQL."""
+    table = models.Execution.__table__
+    since = sa.func.greatest(due.c.next_run_at, sa.func.coalesce(due.c.lease_expires_at, due.c.next_run_at))
+    waited = sa.extract("epoch", sa.literal(now, type_=table.c.next_run_at.type) - since) / redrive.total_seconds()
+    growth = sa.func.least(REDRIVE_GROWTH, sa.func.greatest(1, sa.func.floor(waited)))
+    marked = (
+        sa.update(table)
+        .where(table.c.id == due.c.id)
+        .values(dispatched_until=sa.literal(until, type_=table.c.next_run_at.type)
+                + sa.func.make_interval(0, 0, 0, 0, 0, 0, growth * redrive.total_seconds()))
+        .returning(table.c.id, table.c.next_run_at)
+        .cte("marked")
+    )
+    rows = session.execute(sa.select(marked.c.id, marked.c.next_run_at)
+                           .order_by(marked.c.next_run_at, marked.c.id)).all()
     return [(r.id, r.next_run_at) for r in rows]
 
 

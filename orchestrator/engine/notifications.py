@@ -7,17 +7,22 @@ a row carries the same Message-ID (`<execution.kind@patchaas>`), the key mail sy
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import policy
+from email.contentmanager import _encode_text  # set_content's own encoder (the bytes: a test)
 from email.message import EmailMessage
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator.domain import messages
+from orchestrator.domain import health_points, messages
 from orchestrator.persistence import models
+
+REDRIVE_GROWTH = 8  # an email unsent for long is re-sent at most every 8 x redrive (as executions are)
 
 
 def message_id(execution_id: str, kind: str) -> str:
@@ -143,7 +148,10 @@ def compose_end(execution: Any, patches: Sequence[Any]) -> tuple[str, str]:
         if execution.failure_reason:
             lines.append(f"  - {execution.failure_reason}")
         lines += [f"  - {kb}: {why}" for kb, why in sorted(attention.items())]
-    if "cleanup stopped" in (execution.failure_reason or ""):
+    if health_points.HEALTH_HOLD in (execution.failure_reason or ""):
+        lines += ["", "Maintenance mode was left ON on purpose: a health check failed after patching and the run's "
+                      "policy is onHealthFailure fail. Turn it off in the control portal once the server is healthy."]
+    elif "cleanup stopped" in (execution.failure_reason or ""):
         lines += ["", "Maintenance mode could NOT be turned off: check the server in the control portal."]
     else:
         lines += ["", "Maintenance mode was turned off at the end of the run."]
@@ -151,16 +159,29 @@ def compose_end(execution: Any, patches: Sequence[Any]) -> tuple[str, str]:
     return subject, "\n".join(lines) + "\n"
 
 
+@functools.lru_cache(maxsize=4096)
+def _header(name: str, value: str) -> Any:
+    """A header parsed once (the sender, the account's address, the MIME headers): the email package
+    parses every header it is given (0.1-0.3 ms each), and an email is built for each delivery."""
+    return policy.default.header_factory(name, value)
+
+
 def build_message(row: models.Outbox, sender: str) -> EmailMessage:
-    """The email of an outbox row."""
+    """The email of an outbox row: the headers and the payload `set_content` gives it (its own encoder
+    chooses 7bit, 8bit, quoted-printable or base64), with the repeated headers parsed once (`_header`): the
+    same bytes in about a third of the time (tests/unit/engine/test_email_build.py)."""
+    cte, payload = _encode_text(row.body, "utf-8", None, policy.default)
     message = EmailMessage()
-    message["From"] = sender
-    message["To"] = row.recipient
+    message["From"] = _header("From", sender)
+    message["To"] = _header("To", row.recipient)
     message["Subject"] = row.subject
     message["Message-ID"] = row.message_id
     message["X-Patchaas-Execution"] = row.execution_id
-    message["X-Patchaas-Kind"] = row.kind
-    message.set_content(row.body)
+    message["X-Patchaas-Kind"] = _header("X-Patchaas-Kind", row.kind)
+    message["Content-Type"] = _header("Content-Type", 'text/plain; charset="utf-8"')  # what set_content writes
+    message["Content-Transfer-Encoding"] = _header("Content-Transfer-Encoding", cte)
+    message["MIME-Version"] = _header("MIME-Version", "1.0")
+    message.set_payload(payload)
     return message
 
 
@@ -202,23 +223,35 @@ def mark(session: Session, outbox_id: int, now: datetime, error: str | None, ret
 
 def claim_unsent(session: Session, now: datetime, redrive: timedelta, limit: int) -> Sequence[int]:
     """Rows the tick should hand to the dispatcher again (not sent, not being sent, not just dispatched);
-    marked dispatched for `redrive` so the next ticks do not send them again meanwhile."""
+    marked dispatched so the next ticks do not send them again meanwhile: for `redrive` at first, then
+    for about as long as the row has waited to be sent, up to `REDRIVE_GROWTH` x `redrive`, as the due
+    executions are (executions.claim_due): an email still unsent long after it was handed off is behind a
+    backed-up queue, not lost, and re-sending it every `redrive` only copies that queue (100,000 servers:
+    82,000 email ids queued in 2,000 messages for a few thousand unsent rows). Oldest first in the order
+    of the partial index `ix_outbox_unsent` (created_at, unsent rows only), so the scan reads unsent rows
+    and stops at `limit`: ordered by id it walked the primary key past every email ever sent, or sorted
+    every unsent row, on every tick."""
     table = models.Outbox.__table__
-    ids = (
+    rows = (
         session.execute(
-            sa.select(table.c.id)
+            sa.select(table.c.id, table.c.created_at, table.c.claimed_until)
             .where(
                 table.c.sent_at.is_(None),
                 sa.or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
                 sa.or_(table.c.dispatched_until.is_(None), table.c.dispatched_until < now),
             )
-            .order_by(table.c.id)
+            .order_by(table.c.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        .scalars()
         .all()
     )
-    if ids:
-        session.execute(sa.update(table).where(table.c.id.in_(ids)).values(dispatched_until=now + redrive))
+    windows: dict[int, list[int]] = {}
+    for row in rows:
+        since = max(row.created_at, row.claimed_until or row.created_at)  # claimable since (a retry's backoff)
+        growth = max(1, min(REDRIVE_GROWTH, int((now - since) / redrive)))
+        windows.setdefault(growth, []).append(row.id)
+    for growth, ids in windows.items():
+        session.execute(sa.update(table).where(table.c.id.in_(ids)).values(dispatched_until=now + redrive * growth))
+    ids = [row.id for row in rows]
     return ids

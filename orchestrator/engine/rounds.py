@@ -40,7 +40,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from orchestrator.domain import machine
-from orchestrator.engine import effects, event_log, executions, handoff, notifications
+from orchestrator.engine import effects, event_log, executions, handoff, health_runs, hook_runs, notifications
 from orchestrator.engine.batch import (
     BatchConfig,
     BatchReport,
@@ -92,6 +92,11 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
+def fleet_width(fleet: Any, threads: int) -> int:
+    """Fleet calls a round keeps in flight: the driver's `concurrency` if it names one (clc), else `threads`."""
+    return named if isinstance(named := getattr(fleet, "concurrency", None), int) and named >= 1 else threads
+
+
 STATUS_FIRST = (machine.InspectServer, machine.PollServer, machine.PowerOn, machine.SetMaintenance,
                 machine.RebootServer, machine.PowerOff)  # commands whose far-side check is a status read
 
@@ -138,12 +143,18 @@ class BatchRunner:
         now = engine.clock()
         with engine.sessions.begin() as session:
             rows = claim_many(session, ids, engine.owner, now, engine.config.lease, engine.config.early)
-            alone = suspects(session, ids, now, engine.config.early)
+            claimed = {r.id for r in rows}  # leased just now, so never suspects: only the others are looked up
+            alone = suspects(session, [i for i in ids if i not in claimed], now, engine.config.early)
         for execution_id in alone:
             engine.dispatcher.advance(execution_id, 0.0)
         steps = [_Step(executions.to_view(r), dict(r.intent) if r.intent else None) for r in rows]
+        if any(s.view.hook_plan is None and s.view.state is machine.State.REQUESTED for s in steps):
+            views = engine.transaction(lambda session: hook_runs.with_plans(session, [s.view for s in steps]))
+            for s, v in zip(steps, views, strict=True):  # first steps: their hook plans fixed (engine/hook_runs.py)
+                s.view = v
         report.claimed = len(steps)
-        pool = _pool(cfg.fleet_threads) if cfg.fleet_threads > 1 and len(steps) > 1 else None
+        width = fleet_width(engine.fleet, cfg.fleet_threads)
+        pool = _pool(width) if width > 1 and len(steps) > 1 else None
         while steps:
             report.rounds += 1
             last_round = (report.rounds >= cfg.max_rounds
@@ -299,8 +310,7 @@ class BatchRunner:
             if s.view.id in outcome.saved_ids:
                 engine.hooks.reached("after_commit", s.view.id, s.view.state.value)
         handoff.hand_off_emails(engine.dispatcher, outcome.outbox_ids, spread=1)  # a round's emails: one message
-        for execution_id, delay in outcome.countdowns:
-            engine.dispatcher.advance(execution_id, delay)
+        countdowns(engine, outcome.countdowns)
         return outcome.next_steps, outcome.due_now
 
     def _write(
@@ -338,6 +348,7 @@ class BatchRunner:
             if s.view.id not in rows:
                 log.info("execution %s moved under us; dropping our step", s.view.id)
         insert_records(session, [(s.view.id, d.initiation) for s, d, _ in saved if d.initiation is not None])
+        health_runs.write_many(session, [(s.view.id, d.health) for s, d, _ in saved])  # with their transition
         events = [e for e in (executions.event_values(s.view, d, now) for s, d, _ in saved) if e is not None]
         if events:
             session.execute(sa.insert(models.ExecutionEvent.__table__), events)
@@ -383,6 +394,23 @@ class _Outcome:
         self.outbox_ids += other.outbox_ids
         self.countdowns += other.countdowns
         self.due_now += other.due_now
+
+
+def countdowns(engine: Stepper, waits: Sequence[tuple[str, float]]) -> None:
+    """The round's short timers, grouped as the tick groups them: those due within `early` of each other go in
+    one batch message (the steps after a countdown also run in rounds, not one task and one call each)."""
+    width = engine.config.early.total_seconds()
+    group: list[str] = []
+    start = 0.0
+    for execution_id, wait in sorted(waits, key=lambda item: item[1]):
+        if group and wait - start >= width:
+            handoff.hand_off(engine.dispatcher, group, engine.config.batch_size, spread=1, delay=start)
+            group = []
+        if not group:
+            start = wait
+        group.append(execution_id)
+    if group:
+        handoff.hand_off(engine.dispatcher, group, engine.config.batch_size, spread=1, delay=start)
 
 
 def run(engine: Stepper, ids: Sequence[str], config: BatchConfig | None = None) -> BatchReport:

@@ -23,10 +23,11 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 
 from orchestrator import ports
 from orchestrator.domain import machine
-from orchestrator.engine import event_log, executions, notifications
+from orchestrator.engine import event_log, executions, health_runs, hook_runs, notifications
 from orchestrator.engine.config import EngineConfig, compute_backoff
 from orchestrator.observability.telemetry import NULL_TELEMETRY, NullTelemetry
 from orchestrator.ports import Dispatcher, Fleet, FleetError, FleetRefused, Hooks
+from schemas import selection
 from schemas.fleet import PackageRun, PowerState
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ class EffectFailed(Exception):
 class Stepper:
     """Advances executions one durable step at a time (the tick and the outbox sit on top: engine.py)."""
 
+    hook_caller: ports.HttpCaller | None = None  # HTTP hooks (engine/hook_runs.py), wired by bootstrap.build
+    hook_keys: str | None = None  # PATCHAAS_WEBHOOK_KEY: opens the hooks' sealed secret headers
+    health_prober: ports.HealthProber | None = None  # HTTP and TCP health checks (engine/health_runs.py)
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -111,7 +116,8 @@ class Stepper:
             row = executions.claim(session, execution_id, self.owner, now, self.config.lease, self.config.early)
             if row is None:
                 return None
-            return executions.to_view(row), (dict(row.intent) if row.intent else None)
+            view = hook_runs.with_plans(session, [executions.to_view(row)])[0]  # the first step fixes the hook plan
+            return view, (dict(row.intent) if row.intent else None)
 
         claimed = self.transaction(claim)
         if claimed is None:
@@ -216,6 +222,10 @@ class Stepper:
                 return machine.Abandoned(outcome, reason), view
             case machine.InspectServer() | machine.PollServer():
                 return machine.ServerInspected(fleet.status(server)), view
+            case machine.CheckSettled():
+                settled = getattr(fleet, "settled", None)  # a driver from before issue 14: the boot id only
+                found = settled(server) if settled is not None else ports.settled_by_status(fleet.status(server))
+                return machine.SettleChecked(found), view
             case machine.PowerOn(key=key):
                 if fleet.status(server).power_state is not PowerState.STARTED:
                     view = effect(view, key, lambda: fleet.power_on(server, key))
@@ -234,7 +244,7 @@ class Stepper:
                         execution_id=view.id,
                         cycle=cycle,
                         exclude_kbs=exclude,
-                        parameters=dict(view.parameters),
+                        parameters={k: v for k, v in view.parameters.items() if k not in selection.RUN_OPTIONS},
                         deadline=command.deadline,  # when we stop waiting: the package plans its installs by it
                         heartbeat_seconds=command.heartbeat_seconds,
                     )
@@ -261,6 +271,10 @@ class Stepper:
                 if fleet.status(server).power_state is not PowerState.STOPPED:
                     view = effect(view, key, lambda: fleet.power_off(server, key))
                 return machine.PowerOffRequested(), view
+            case machine.RunHealthChecks():  # one attempt of each check due, intents first (health_runs.py)
+                return health_runs.run(self, view, command, fleet), view
+            case machine.RunHooks():  # one hook per step, its intent in hook_runs before the call (hook_runs.py)
+                return hook_runs.run_next(self, view, command, fleet), view
         raise machine.TransitionError(f"unknown command {command!r}")  # pragma: no cover
 
     def _effect(

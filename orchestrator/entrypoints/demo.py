@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
@@ -27,6 +28,7 @@ from orchestrator.services import inventory
 from orchestrator.settings import DEFAULT_PACKAGE_ID, Settings
 from schemas.patching import PackageRequest
 from simulation.mailsink import MailSink
+from simulation.webhook_sink import Receiver
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import Container
@@ -49,7 +51,11 @@ def _pause(seconds: float) -> None:
 
 STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow"}
 TRANSPORTS = ("inprocess", "http")
+DEMO_CHECKS = [{"name": "app", "kind": "service", "service": "W3SVC", "retries": 1, "retryDelaySeconds": 0.5}]
+"""The demo run's health check (docs/HOOKS.md): on the server, through the driver (the simulated fleet's
+`check_service`, or `run_command`: over HTTP the clc driver's script package, which the CLC simulator runs)."""
 CLC_USER = ("demo", "demo-password")
+WEBHOOK_SECRET = "whsec_demo_receiver"  # the demo receiver's own; a real one comes from `patchaas webhook add`
 
 
 def demo_settings(workdir: Path, smtp_url: str) -> Settings:
@@ -68,6 +74,12 @@ def demo_settings(workdir: Path, smtp_url: str) -> Settings:
         lease_seconds=30,
         retry_backoff_seconds=0.5,
         busy_backoff_seconds=1.0,  # the INSTALLER_BUSY server waits seconds for its installer, not minutes
+        settle_seconds=1.0,  # a reboot is settled after 1 s idle (the CONFIGURING_UPDATES server: 2 s busy first)
+        # the demo's webhook receiver is on loopback, which production refuses unless told (docs/HOOKS.md)
+        webhook_key=SecretStr(Fernet.generate_key().decode()),
+        webhook_allow_private_addresses=True,
+        webhook_retry_base_seconds=0.5,
+        webhook_retry_max_seconds=2.0,
     )
 
 
@@ -146,13 +158,13 @@ def run(workdir: Path = Path("var"), timeout: float = 90.0, console: Console | N
     fleet = simulated.SimulatedFleet.create(
         specs, MemoryStore(), simulated.SimTimings.demo(), seed=7
     )
-    with MailSink() as sink, ExitStack() as hosts:
+    with MailSink() as sink, Receiver(WEBHOOK_SECRET) as receiver, ExitStack() as hosts:
         settings = demo_settings(workdir, sink.url)
         real = hosts.enter_context(demo_linux.running_hosts(workdir, console)) if linux else None
         console.rule("[bold]patchaas demo")
         console.print(
             f"Embedded default: SQLite at {settings.database_url}, Celery on the in-process broker, "
-            f"a simulated fleet of {len(specs)} servers, SMTP on {sink.url}."
+            f"a simulated fleet of {len(specs)} servers, SMTP on {sink.url}, a webhook receiver on {receiver.url}."
         )
         if transport == "http":
             with _over_http(fleet, settings) as (over_http, driver, api, simulator_url):
@@ -161,10 +173,10 @@ def run(workdir: Path = Path("var"), timeout: float = 90.0, console: Console | N
                     f"{over_http.report_base_url} (the servers post each cycle's report to its report channel)."
                 )
                 finished, queued = _patch(over_http, real.fleet(over_http, driver) if real else driver, specs,
-                                          timeout, console, sink, api.attach, real)
+                                          timeout, console, (sink, receiver), api.attach, real)
         else:
             finished, queued = _patch(settings, real.fleet(settings, fleet) if real else fleet, specs, timeout,
-                                      console, sink, None, real)
+                                      console, (sink, receiver), None, real)
         console.print(f"\nEmails received by the SMTP server: {len(sink.messages)} "
                       f"(one start and one end per execution expected: {2 * len(queued)})")
     if not finished:
@@ -174,10 +186,14 @@ def run(workdir: Path = Path("var"), timeout: float = 90.0, console: Console | N
     return 0
 
 
-def _patch(settings: Settings, fleet: Fleet, specs: list[Any], timeout: float, console: Console, sink: MailSink,
-           on_container: Callable[[Container], None] | None, linux: Any = None) -> tuple[bool, list[Any]]:
+def _patch(settings: Settings, fleet: Fleet, specs: list[Any], timeout: float, console: Console,
+           sinks: tuple[MailSink, Receiver], on_container: Callable[[Container], None] | None,
+           linux: Any = None) -> tuple[bool, list[Any]]:
     """Register the fleet, run the group action and watch it; (every execution finished, the queued ones)."""
+    from orchestrator.services.webhooks import WebhookService, WebhookSpec
     from workers.embedded import embedded
+
+    sink, receiver = sinks
 
     with embedded(settings, fleet=fleet) as container:
         if on_container is not None:
@@ -197,9 +213,16 @@ def _patch(settings: Settings, fleet: Fleet, specs: list[Any], timeout: float, c
             )
             if linux is not None:  # demo_linux.LinuxDemo: real hosts over SSH
                 linux.register(session, ALIAS, now)
+        keys = settings.webhook_key.get_secret_value() if settings.webhook_key else None
+        WebhookService(container.sessions, db.utcnow, keys).create(
+            ALIAS, WebhookSpec(name="demo-receiver", url=receiver.url, secret=WEBHOOK_SECRET), "demo")
         console.print(f"\nGroup action: execute package {DEFAULT_PACKAGE_ID} on va1-0001 (and nested groups)")
+        on_server = hasattr(fleet, "check_service") or hasattr(fleet, "run_command")
+        checks = {"healthChecks": DEMO_CHECKS} if on_server else {}
+        if checks:
+            console.print("  with a health check: service W3SVC running, before maintenance and after the last cycle")
         answers = container.service.execute_package_on_groups(
-            ALIAS, ["va1-0001"], PackageRequest(packageId=DEFAULT_PACKAGE_ID), requested_by="demo"
+            ALIAS, ["va1-0001"], PackageRequest(packageId=DEFAULT_PACKAGE_ID, parameters=checks), requested_by="demo"
         )
         if linux is not None:
             answers = [*answers, *linux.execute(container, ALIAS, console)]
@@ -211,15 +234,40 @@ def _patch(settings: Settings, fleet: Fleet, specs: list[Any], timeout: float, c
         finished = _watch(container.sessions, [a.execution_id for a in queued if a.execution_id],
                           timeout, console)
         _show_results(container, queued, console)
+        _show_settle_and_health(container, queued, console)
         if linux is not None:
             for server, packages_now in linux.installed().items():
                 console.print(f"  {server} (read inside the host): {packages_now}")
         if settings.report_base_url:
             _show_reports(container, console)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(sink.messages) < 2 * len(queued):
+        ids = {a.execution_id for a in queued}
+        while time.monotonic() < deadline and (len(sink.messages) < 2 * len(queued) or not ids <= _ended(receiver)):
             _pause(0.2)
+        _show_webhooks(receiver, console)
     return finished, queued
+
+
+def _ended(receiver: Receiver) -> set[str]:
+    return {r.doc.get("executionId") for r in receiver.got() if r.valid and r.doc.get("kind") == "run.ended"}
+
+
+def _show_webhooks(receiver: Receiver, console: Console) -> None:
+    """What the demo's webhook receiver got: every event of the run, each signature verified (docs/HOOKS.md)."""
+    got = [r for r in receiver.got() if r.valid]
+    table = Table(title=f"Webhook receiver {receiver.url}: {len(got)} events, every signature verified")
+    for column in ("Event", "Count", "Example"):
+        table.add_column(column, overflow="fold")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for r in got:
+        by_kind.setdefault(r.doc["kind"], []).append(r.doc)
+    for kind, docs in sorted(by_kind.items()):
+        first = docs[0]
+        data = first.get("data") or {}
+        example = " ".join(str(v) for v in (data.get("server"), first.get("executionId"),
+                                            data.get("status") or data.get("kb") or data.get("reason")) if v)
+        table.add_row(kind, str(len(docs)), example[:80])
+    console.print(table)
 
 
 def _show_reports(container: Container, console: Console) -> None:
@@ -308,3 +356,27 @@ def _show_results(container: object, queued: list, console: Console) -> None:  #
         ends.add_row(d.server, d.execution_id, d.status, str(d.cycles), str(d.installed_count),
                      d.failure_reason or "")
     console.print(ends)
+
+
+def _show_settle_and_health(container: Container, queued: list[Any], console: Console) -> None:
+    """Issue 14 in the demo: the reboots waited out while a server was still configuring updates, and the health
+    checks that caught a service that did not come back."""
+    ids = [a.execution_id for a in queued if a.execution_id]
+    with container.sessions() as session:
+        waits = session.execute(
+            sa.select(models.Execution.server_name, sa.func.count())
+            .join(models.ExecutionEvent, models.ExecutionEvent.execution_id == models.Execution.id)
+            .where(models.Execution.id.in_(ids), models.ExecutionEvent.to_state == "settling",
+                   models.ExecutionEvent.note.contains("configuring updates"))
+            .group_by(models.Execution.server_name)).all()
+    for server, times in sorted(waits):
+        console.print(f"Settled: {server} answered after its reboot but was still configuring updates; the run "
+                      f"waited for its servicing stack {times} time(s) before the next step", soft_wrap=True)
+    for answer in queued:
+        detail = container.service.detail(ALIAS, answer.server, answer.execution_id)
+        for check in detail.health_checks:
+            if check.status == "failed":
+                console.print(f"Health check: {detail.server} {check.name} ({check.target}) failed {check.phase}: "
+                              f"{check.output} — the run {detail.status}"
+                              + (", maintenance mode left on" if "stays on" in (detail.failure_reason or "") else ""),
+                              soft_wrap=True)

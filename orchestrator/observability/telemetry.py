@@ -21,7 +21,7 @@ from orchestrator.ports import FleetError, FleetRefused
 log = logging.getLogger("orchestrator.engine.steps")
 perf = time.perf_counter
 OPERATIONS = ("status", "set_maintenance", "power_on", "power_off", "reboot", "invoke_package", "cycle_result",
-              "statuses", "cycle_results")  # the Fleet port, and its optional bulk reads
+              "settled", "statuses", "cycle_results")  # the Fleet port, and its optional bulk reads
 
 
 class _Children:

@@ -133,6 +133,16 @@ class Execution(Base):
     trace_parent: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     # when the running cycle was invoked (migration 0011): heartbeats extend its deadline up to this + the ceiling
     invoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # pre/post hooks (migration 0014, orchestrator/domain/hook_points.py): the run's hooks, fixed at its first step
+    # ({name: definition}), and while running_hooks its stage ({"point", "cycle", "resume"})
+    hook_plan: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
+    hook_stage: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
+    # settling after a reboot (migration 0013, orchestrator/domain/settle.py): since when the servicing stack has been
+    # seen idle, and with which boot id
+    settled_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    settle_boot_id: Mapped[str | None] = mapped_column(sa.String(100), default=None)
+    # health checks (migration 0013, orchestrator/domain/health_points.py): the phase running and what outlives it
+    health: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())

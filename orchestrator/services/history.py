@@ -4,7 +4,7 @@ the answer cache (answers.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,12 +13,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import ports
 from orchestrator.domain import machine, messages, naming
-from orchestrator.persistence import models
+from orchestrator.persistence import health_models, hook_models, models
 from orchestrator.services import rollouts
 from orchestrator.services.answers import DETAIL_JSON, SUMMARY_JSON, AnswerCache, answer_key, read_engine_for
 from orchestrator.services.errors import NotFound
 from orchestrator.services.inventory import InventoryQueries
-from schemas.patching import ExecutionDetail, ExecutionSummary, InitMessage, PatchDetail
+from schemas.patching import (
+    ExecutionDetail,
+    ExecutionSummary,
+    HealthCheckDetail,
+    HookRunDetail,
+    InitMessage,
+    PatchDetail,
+)
 
 MAX_PAGE = 500
 
@@ -56,7 +63,8 @@ _DETAIL_ROW = sa.select(
     _servers.c.name, _servers.c.account_alias, _executions.c.id, _executions.c.state, _executions.c.started_at,
     _executions.c.ended_at, _executions.c.version, _executions.c.begin_message, _executions.c.end_message,
     _executions.c.server_name, _executions.c.cycle, _executions.c.installed_count, _executions.c.failure_reason,
-    _executions.c.quarantined, _executions.c.cancelled_by, _executions.c.cancel_reason,
+    _executions.c.quarantined, _executions.c.cancelled_by, _executions.c.cancel_reason, _executions.c.health,
+    _executions.c.hook_plan.is_not(None).label("has_hooks"),  # a run without hooks: no hook_runs statement
 ).select_from(
     _servers.outerjoin(_executions, sa.and_(_executions.c.id == sa.bindparam("id"),
                                             _executions.c.server_name == _servers.c.name))
@@ -65,6 +73,18 @@ _PATCHES = (
     sa.select(models.Patch.__table__)
     .where(models.Patch.__table__.c.execution_id == sa.bindparam("execution_id"))
     .order_by(models.Patch.__table__.c.id)
+)
+_HOOK_RUNS = (  # the detail's `hooks` (migration 0014)
+    sa.select(hook_models.HookRun.__table__)
+    .where(hook_models.HookRun.__table__.c.execution_id == sa.bindparam("execution_id"))
+    .order_by(hook_models.HookRun.__table__.c.id)
+)
+
+
+_HEALTH_CHECKS = (  # the detail's `health_checks` (migration 0013)
+    sa.select(health_models.HealthCheckResult.__table__)
+    .where(health_models.HealthCheckResult.__table__.c.execution_id == sa.bindparam("execution_id"))
+    .order_by(health_models.HealthCheckResult.__table__.c.id)
 )
 
 
@@ -139,7 +159,9 @@ class PatchQueries(InventoryQueries):
         with self._reading() as conn:
             row = self._detail_row(conn, alias, server, execution_id)
             patches = conn.execute(_PATCHES, {"execution_id": row.id}).all()
-        return _detail(row, list(patches), self.clock())
+            hook_runs = _hook_runs_of(conn, row)
+            checks = _checks_of(conn, row)
+        return _detail(row, list(patches), self.clock(), hook_runs, checks)
 
     def detail_json(self, alias: str, server: str, execution_id: str) -> bytes:
         """`detail` as JSON, exactly what `TypeAdapter(ExecutionDetail).dump_json(detail, by_alias=True)`
@@ -151,7 +173,9 @@ class PatchQueries(InventoryQueries):
             if body is not None:
                 return body
             patches = conn.execute(_PATCHES, {"execution_id": row.id}).all()
-        body = DETAIL_JSON.dump_json(_detail(row, list(patches), self.clock()), by_alias=True)
+            hook_runs = _hook_runs_of(conn, row)
+            checks = _checks_of(conn, row)
+        body = DETAIL_JSON.dump_json(_detail(row, list(patches), self.clock(), hook_runs, checks), by_alias=True)
         if key is not None:
             self.answers.put(key, body)
         return body
@@ -283,7 +307,18 @@ def _summary(row: Any, inits: list[Any]) -> ExecutionSummary:
     )
 
 
-def _detail(row: Any, patches: list[Any], now: datetime) -> ExecutionDetail:
+def _hook_runs_of(conn: Any, row: Any) -> Sequence[Any]:
+    """The execution's hook runs; no statement for a run whose plan has no hook (`hook_plan` unset)."""
+    return conn.execute(_HOOK_RUNS, {"execution_id": row.id}).all() if row.has_hooks else ()
+
+
+def _checks_of(conn: Any, row: Any) -> Sequence[Any]:
+    """The execution's health check attempts; no statement for a run that never ran a check (`health` unset)."""
+    return conn.execute(_HEALTH_CHECKS, {"execution_id": row.id}).all() if row.health is not None else ()
+
+
+def _detail(row: Any, patches: list[Any], now: datetime, hook_runs: Sequence[Any] = (),
+            checks: Sequence[Any] = ()) -> ExecutionDetail:
     failed = sum(1 for p in patches if p.status == "failed")
     return ExecutionDetail(
         execution_id=row.id,
@@ -320,4 +355,10 @@ def _detail(row: Any, patches: list[Any], now: datetime) -> ExecutionDetail:
         quarantined=dict(row.quarantined or {}),
         cancelled_by=row.cancelled_by,
         cancel_reason=row.cancel_reason,
+        hooks=[HookRunDetail(name=h.hook_name, point=h.point, cycle=h.cycle, kind=h.kind, status=h.status,
+                             on_failure=h.on_failure, exit_code=h.exit_code, output=h.output, attempts=h.attempts,
+                             start_time=h.started_at, end_time=h.ended_at) for h in hook_runs],
+        health_checks=[HealthCheckDetail(name=c.check_name, kind=c.kind, target=c.target, phase=c.phase, cycle=c.cycle,
+                                         attempt=c.attempt, status=c.status, output=c.output,
+                                         start_time=c.started_at, end_time=c.ended_at) for c in checks],
     )

@@ -291,6 +291,7 @@ class ReportingFleet:
         self.base_url = base_url
         self.from_channel = 0  # finished cycle results answered from a recorded report (metrics, tests)
         self.from_fleet = 0  # … and by the fleet, no report having arrived
+        self.concurrency = getattr(inner, "concurrency", None)  # the driver's calls in flight (engine/rounds.py)
 
     def status(self, server: str) -> ServerStatus:
         return self.inner.status(server)

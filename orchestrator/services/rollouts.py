@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.domain import event_log as event_facts
-from orchestrator.domain import machine, messages
+from orchestrator.domain import health_points, machine, messages
 from orchestrator.engine import event_log, handoff, notifications
 from orchestrator.persistence import models
 
@@ -125,11 +125,14 @@ def decide(
 # --- the gate on the database ------------------------------------------------------------------
 
 
-def member_status(state: str, ended: bool, held: bool) -> MemberStatus:
+def member_status(state: str, ended: bool, held: bool, reason: str | None = None) -> MemberStatus:
+    """A completed run with a health check warning (onHealthFailure continue) counts as failed: a health failure
+    counts against the error threshold whatever the run's policy (docs/HOOKS.md)."""
     if not ended:
         return MemberStatus.HELD if held else MemberStatus.RUNNING
     if state == machine.State.COMPLETED.value:
-        return MemberStatus.COMPLETED
+        warned = (reason or "").startswith(health_points.WARNING)
+        return MemberStatus.FAILED if warned else MemberStatus.COMPLETED
     if state == machine.State.FAILED.value:
         return MemberStatus.FAILED
     return MemberStatus.CANCELLED
@@ -139,12 +142,12 @@ def members_of(session: Session, rollout_id: int) -> list[Member]:
     table = models.Execution.__table__
     rows = session.execute(
         sa.select(table.c.id, table.c.rollout_position, table.c.rollout_wave, table.c.state, table.c.ended_at,
-                  table.c.next_run_at)
+                  table.c.next_run_at, table.c.failure_reason)
         .where(table.c.rollout_id == rollout_id)
     ).all()
     return [
         Member(r.id, r.rollout_position or 0, r.rollout_wave or 0,
-               member_status(r.state, r.ended_at is not None, r.next_run_at is None))
+               member_status(r.state, r.ended_at is not None, r.next_run_at is None, r.failure_reason))
         for r in rows
     ]
 

@@ -49,7 +49,7 @@ from orchestrator import bootstrap
 from orchestrator.domain import machine
 from orchestrator.engine import rounds
 from orchestrator.entrypoints.api import Patchaas
-from orchestrator.persistence import migrate, models
+from orchestrator.persistence import health_models, migrate, models
 from orchestrator.ports import FleetError
 from orchestrator.settings import DEFAULT_PACKAGE_ID, Settings
 from schemas.patching import PackageRequest
@@ -100,6 +100,7 @@ CHAOS_ENV = {
     "PATCHAAS_EMAIL_HOLD_SECONDS": "3",
     "PATCHAAS_MAX_ATTEMPTS": "5",
     "PATCHAAS_SIM_ERROR_RATE": "0.03",  # the control plane fails 3 % of calls transiently
+    "PATCHAAS_SETTLE_SECONDS": "0.5",
 }
 RANDOM_CRASHES = "after_intent:0.02,after_effect:0.02"
 CHAOS_WINDOW = 40.0  # seconds of random kills and duplicate messages
@@ -445,8 +446,11 @@ def test_a_crash_in_every_window_of_every_step_changes_nothing(pg: str, mode: st
     container = bootstrap.build(settings, dispatcher=dispatcher, fleet=counting, mailer=mailer,  # type: ignore[arg-type]
                                 clock=clock, hooks=hooks)
     support.register(container, specs)
-    answers = container.service.execute_package("OSD", [s.name for s in specs],
-                                                PackageRequest(packageId=DEFAULT_PACKAGE_ID), "chaos")
+    # a health check (issue 14); the control plane's 5 % errors fail an attempt: 6 attempts all failing is ~1e-8
+    checks = {"healthChecks": [{"name": "svc", "kind": "service", "service": "W3SVC", "retries": 5,
+                                "retryDelaySeconds": 1}]}
+    request = PackageRequest(packageId=DEFAULT_PACKAGE_ID, parameters=checks)
+    answers = container.service.execute_package("OSD", [s.name for s in specs], request, "chaos")
     ids = {a.server: a.execution_id for a in answers}
     poison = next(ids[name] for name, kind in plan.items() if kind == POISON)
     rules = [f"after_intent@{poison}/invoking_package"]
@@ -486,8 +490,11 @@ def test_a_crash_in_every_window_of_every_step_changes_nothing(pg: str, mode: st
 
     crashes = [{"point": r.point, "rule": r.text} for r in hooks.rules if hooks._counts.get(r.text, 0) >= (r.nth or 1)]
     windows = Counter((r.point, r.step) for r in hooks.rules if r.nth and hooks._counts.get(r.text, 0) >= 1)
-    for step in STEPS_WITH_EFFECTS:  # every dangerous window of every kind of effect was hit
+    for step in (*STEPS_WITH_EFFECTS, "checking_health"):  # every dangerous window of every kind of effect was hit
         assert windows[("after_intent", step)] and windows[("after_effect", step)], step
+    with container.sessions() as session:  # health checks: each attempt's intent completed by its transition, once
+        checked = session.execute(sa.select(health_models.HealthCheckResult.status)).scalars().all()
+    assert checked and "running" not in checked and "failed" not in checked, Counter(checked)
     fleet.transient_error_rate = 0.0  # the checks read the simulator's record through the same object
     report = _check(pg, fleet, plan, ids, list(mailer.sent), crashes)
     assert report["smtp_repeats"] >= 1  # the after_email crashes sent twice, same Message-ID

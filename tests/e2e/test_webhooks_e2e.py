@@ -17,8 +17,8 @@ from orchestrator.services.webhooks import WebhookService, WebhookSpec
 from orchestrator.settings import Settings
 from simulation.mailsink import MailSink
 from simulation.specs import Scenario, build_fleet_specs
+from simulation.webhook_sink import Receiver
 from tests.e2e.harness import Cluster, install_fleet, wait_until
-from tests.webhook_receiver import Receiver
 
 KEY = Fernet.generate_key().decode()
 SECRET = "whsec_e2e_receiver_secret_42"

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from bench import api, enqueue, fleet_scale, transitions
+from bench import api, control_plane, enqueue, fleet_scale, transitions
 from tests.conftest import PG_ADMIN_URL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -34,7 +34,7 @@ def test_transitions_bench_runs(redis_url: str) -> None:
 
 
 def test_fleet_scale_bench_runs(redis_url: str) -> None:
-    result = fleet_scale.main([*_common(redis_url), "--poll", "1", "--in-process", "3"])
+    result = fleet_scale.main([*_common(redis_url), "--poll", "0.5", "--in-process", "3"])
     fleet = result["fleet"]
     assert fleet["states"] == {"completed": 20}
     assert fleet["steps"] >= 20 * 4 and fleet["polls"] >= 20
@@ -62,3 +62,12 @@ def test_enqueue_bench_runs(redis_url: str) -> None:
     assert result["queued"] == 20 and result["outbox"] == 20
     assert result["seconds"] > 0 and result["bulk_seconds"] > 0
     assert result["one_by_one"]["queued"] == 20
+
+
+def test_control_plane_bench_runs(redis_url: str) -> None:
+    result = control_plane.main([*_common(redis_url), "--skip-baseline"])
+    (run,) = result["runs"]
+    assert run["states"] == {"completed": 4} and run["executions"] == 4
+    assert run["accepted"] >= 4 * 10 and run["bound"] == run["accepted"] / run["rate"]
+    assert run["makespan"] > 0 and run["ratio"] > 0
+    assert "makespan ÷ bound" in result["table"]

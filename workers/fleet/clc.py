@@ -4,9 +4,14 @@ Retry policy (one HTTP request = one logical call, made of attempts):
 - 5xx answers, connection errors, dropped connections and timeouts are retried with exponential backoff
   plus jitter (tenacity), at most `max_attempts` times and no longer than `retry_deadline` seconds;
   when they run out the call raises `FleetError` (transient: the engine retries the step later).
-- 4xx answers are never retried: 401 triggers one re-login and one replay of the request (a token can
-  expire early); 404 and the other 4xx raise `FleetRefused` (permanent); 408/429 raise `FleetError`.
-- Every attempt first takes a token from a client-side token bucket (`rate_per_second`, `burst`).
+- 429 (throttled) is retried after the answer's `Retry-After` (seconds or an HTTP-date; a 503 with one is
+  waited for the same way), within the same attempts and deadline; when they run out, `FleetError`.
+- The other 4xx answers are never retried: 401 triggers one re-login and one replay of the request (a token
+  can expire early); 404 and the other 4xx raise `FleetRefused` (permanent); 408 raises `FleetError`.
+- Every attempt first waits its turn in the client-side adaptive limiter (throttle.AdaptiveLimiter), shared
+  by every thread of the process that talks to the same base URL and user: it starts at `rate_start`
+  requests a second, grows to at most `rate_per_second`, and slows down on 429s (AIMD), so that requests
+  are not sent only to be refused.
 
 Completion: operations the orchestrator treats as done when the call returns (set maintenance, power
 off) are followed by polling their queue status until it succeeds (bounded by `operation_timeout`);
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,8 +39,8 @@ import tenacity
 
 from orchestrator.ports import FleetError, FleetRefused
 from orchestrator.settings import Settings
-from schemas.fleet import CycleReport, PackageRun, ServerStatus
-from workers.fleet import clc_wire
+from schemas.fleet import CycleReport, PackageRun, ServerStatus, SettleStatus
+from workers.fleet import clc_hooks, clc_wire, throttle
 from workers.fleet.clc_wire import (
     EXTENSION,
     IDEMPOTENCY_HEADER,
@@ -43,9 +49,10 @@ from workers.fleet.clc_wire import (
     package_parameters,
     package_run_path,
 )
-from workers.fleet.throttle import TokenBucket, backoff_seconds
+from workers.fleet.throttle import AdaptiveLimiter, backoff_seconds
 
 log = logging.getLogger(__name__)
+_JITTER = random.Random()
 
 # --- errors ------------------------------------------------------------------------------------
 
@@ -56,7 +63,12 @@ class ClcAuthError(FleetError):
 
 
 class _Transient(Exception):
-    """An attempt that may succeed if repeated (5xx, connection error, timeout)."""
+    """An attempt that may succeed if repeated (5xx, 429, connection error, timeout); `retry_after`: the
+    wait the answer asked for (Retry-After), else None (exponential backoff)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -71,8 +83,10 @@ class ClcConfig:
     username: str
     password: str
     account_alias: str | None = None  # None: the alias the login answers
-    rate_per_second: float = 10.0
+    rate_per_second: float = 10.0  # the most this process sends to the account (the adaptive limiter's ceiling)
     burst: int = 10
+    rate_start: float | None = None  # where the adaptive limiter starts (None: at the ceiling); doubles each second
+    concurrency: int = 128  # fleet calls in flight per process: a batch round's pool width, the HTTP pool
     rate_wait_max: float = 30.0
     max_attempts: int = 6
     backoff_initial: float = 0.25
@@ -88,6 +102,8 @@ class ClcConfig:
             raise ValueError("the rate limit needs rate_per_second > 0 and burst >= 1")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if (self.rate_start is not None and self.rate_start <= 0) or self.concurrency < 1:
+            raise ValueError("rate_start must be > 0 and concurrency >= 1")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClcConfig:
@@ -103,6 +119,8 @@ class ClcConfig:
             account_alias=settings.clc_account_alias,
             rate_per_second=settings.clc_rate_per_second,
             burst=settings.clc_rate_burst,
+            rate_start=settings.clc_rate_start_per_second,
+            concurrency=settings.clc_concurrency,
             max_attempts=settings.clc_retry_attempts,
             backoff_initial=settings.clc_retry_initial_seconds,
             backoff_max=settings.clc_retry_max_backoff_seconds,
@@ -117,11 +135,13 @@ class ClcConfig:
 # --- the driver --------------------------------------------------------------------------------
 
 
-class ClcFleet:
+class ClcFleet(clc_hooks.ClcCommands):
     """The `Fleet` protocol over CLC API v2: one httpx client, one bearer token, one rate limit.
 
-    Thread-safe: the token and the bucket are guarded; httpx's client is safe to share. `transport`,
-    `sleep` and `clock` are for tests (httpx.MockTransport, recorded waits, a fake clock).
+    Thread-safe: the token and the limiter are guarded; httpx's client is safe to share (its pool holds
+    `concurrency` connections: the batch round keeps that many calls in flight, see `concurrency`).
+    `transport`, `sleep` and `clock` are for tests (httpx.MockTransport, recorded waits, a fake clock); with
+    the real clock and sleep the limiter is the process's shared one for this base URL and user.
     """
 
     def __init__(
@@ -133,17 +153,27 @@ class ClcFleet:
     ) -> None:
         self.config = config
         self._sleep = sleep
+        self._clock = clock
         self._client = httpx.Client(
             base_url=config.base_url,
             transport=transport,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
             headers={"Accept": "application/json"},
+            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
         )
-        self.bucket = TokenBucket(config.rate_per_second, config.burst, clock, sleep, config.rate_wait_max)
+        self.concurrency = config.concurrency  # read by the batch round (orchestrator/engine/rounds.py)
+
+        def make() -> AdaptiveLimiter:
+            return AdaptiveLimiter(config.rate_per_second, config.burst, config.rate_start, clock, sleep,
+                                   config.rate_wait_max)
+
+        real = clock is time.monotonic and sleep is time.sleep
+        self.limiter = throttle.shared(f"{config.base_url}|{config.username}", make) if real else make()
         self._auth_lock = threading.Lock()
         self._token: str | None = None
         self._alias: str | None = config.account_alias
         self.logins = 0  # how many times this driver logged in (tests and metrics)
+        self.throttled = 0  # how many answers were 429 (tests and metrics)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClcFleet:
@@ -161,6 +191,12 @@ class ClcFleet:
         response = self._call("GET", f"/v2/servers/{self._alias_part()}/{quote(server, safe='')}")
         self._check(response, f"get server {server}")
         return clc_wire.server_status(server, clc_wire.json_answer(response))
+
+    def settled(self, server: str) -> SettleStatus:
+        """GET the server; the servicing stack's state from our extension (`patchaas.servicing`)."""
+        response = self._call("GET", f"/v2/servers/{self._alias_part()}/{quote(server, safe='')}")
+        self._check(response, f"get server {server}")
+        return clc_wire.settle_status(server, clc_wire.json_answer(response))
 
     def set_maintenance(self, server: str, on: bool, key: str) -> None:
         """Set Maintenance, then wait until CLC says it is done (the orchestrator moves on at once)."""
@@ -268,9 +304,17 @@ class ClcFleet:
     def _send(self, method: str, path: str, json: object, headers: Mapping[str, str]) -> httpx.Response:
         """One request: rate-limited attempts, retried with backoff and jitter on 5xx and transport errors."""
         config = self.config
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            asked = getattr(error, "retry_after", None)
+            if asked is not None:  # what the control plane asked for, plus a little jitter (many were refused)
+                return float(asked) + _JITTER.uniform(0.0, 0.1 * max(asked, 0.1))
+            return backoff_seconds(state.attempt_number, config.backoff_initial, config.backoff_max)
+
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(config.max_attempts) | tenacity.stop_after_delay(config.retry_deadline),
-            wait=lambda state: backoff_seconds(state.attempt_number, config.backoff_initial, config.backoff_max),
+            wait=wait,
             retry=tenacity.retry_if_exception_type(_Transient),
             sleep=self._sleep,
             before_sleep=lambda state: log.info(
@@ -290,13 +334,23 @@ class ClcFleet:
             ) from None
 
     def _attempt(self, method: str, path: str, json: object, headers: Mapping[str, str]) -> httpx.Response:
-        self.bucket.acquire()
+        sent_at = self.limiter.acquire()
         try:
             response = self._client.request(method, path, json=json, headers=dict(headers))
         except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
             raise _Transient(f"{type(exc).__name__}: {exc or 'no answer'}") from exc
-        if response.status_code >= 500:
-            raise _Transient(f"HTTP {response.status_code}: {clc_wire.message_of(response)}")
+        code = response.status_code
+        if code in (429, 503):
+            asked = throttle.retry_after_seconds(response.headers.get("Retry-After"), cap=self.config.retry_deadline)
+            if code == 429:
+                self.limiter.throttled_for(sent_at, asked)
+                self.throttled += 1
+                raise _Transient(f"HTTP 429: {clc_wire.message_of(response)}", 1.0 if asked is None else asked)
+            if asked is not None:
+                raise _Transient(f"HTTP 503: {clc_wire.message_of(response)}", asked)
+        self.limiter.succeeded(sent_at)
+        if code >= 500:
+            raise _Transient(f"HTTP {code}: {clc_wire.message_of(response)}")
         return response
 
     def _check(self, response: httpx.Response, what: str) -> None:
@@ -305,7 +359,7 @@ class ClcFleet:
         if code < 400:
             return
         message = f"CLC {what}: HTTP {code}: {clc_wire.message_of(response)}"
-        if code in (408, 429):
+        if code in (408, 429):  # a 429 gets here when its retries ran out
             raise FleetError(message)
         raise FleetRefused(message)
 

@@ -15,7 +15,7 @@ import httpx
 from orchestrator.domain import packages
 from orchestrator.ports import FleetError, FleetRefused
 from schemas import selection
-from schemas.fleet import PackageRun, PowerState, ServerStatus
+from schemas.fleet import PackageRun, PowerState, ServerStatus, SettleStatus
 
 # --- the wire contract: CLC API v2 plus our extensions -------------------------------------------
 
@@ -30,11 +30,25 @@ PARAM_REPORT_TOKEN = "patchaas.reportToken"  # the per-execution bearer token of
 PARAM_DEADLINE = "patchaas.deadline"  # ISO-8601 UTC: when the engine stops waiting for the cycle (package timeout)
 PARAM_HEARTBEAT_SECONDS = "patchaas.heartbeatSeconds"  # "0" (none) or 30-3600: running reports while it works
 PARAM_UPDATE_SERVICE = "patchaas.updateService"  # Default | WSUS | WindowsUpdate | MicrosoftUpdate
+SERVICING = "servicing"  # in the `patchaas` object of a server: {"idle", "rebootRequired", "detail"} (issue 14)
 PACKAGE_RUN_NOT_FOUND = "packageRunNotFound"  # the `code` of a 404 for a package run never received
 PENDING_STATUSES: frozenset[str] = frozenset({"notStarted", "executing", "resumed"})
 SELECTION_WIRE_NAMES: dict[str, str] = {"updateService": PARAM_UPDATE_SERVICE}
 """Selection fields (schemas/selection.py) that reach the Windows package under another name; the others are sent
 under their own (workers/fleet/packages/windows-update.manifest.json binds each to a script parameter)."""
+
+
+HOOK_PACKAGE_ID = "patchaas-hook-command"
+"""The script package a command hook executes (docs/HOOKS.md): parameters `patchaas.command`,
+`patchaas.timeoutSeconds` and `patchaas.idempotencyKey`; our control plane keeps its result under the key."""
+HOOK_COMMAND = "patchaas.command"
+HOOK_TIMEOUT_SECONDS = "patchaas.timeoutSeconds"
+COMMAND_RUN_NOT_FOUND = "commandRunNotFound"  # the `code` of a 404 for a command run never received
+
+
+def command_run_path(alias: str, server: str, key: str) -> str:
+    """Where the control plane keeps the result of the hook command started under `key`."""
+    return f"/v2/patchaas/{quote(alias, safe='')}/servers/{quote(server, safe='')}/commandRuns/{quote(key, safe='')}"
 
 
 def package_run_path(alias: str, server: str, key: str) -> str:
@@ -147,3 +161,26 @@ def server_status(server: str, body: Any) -> ServerStatus:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise FleetError(f"CLC get server {server}: malformed answer ({exc!r})") from None
+
+
+def servicing_json(settle: SettleStatus) -> dict[str, Any]:
+    """The `servicing` object of our `patchaas` server extension: what the control plane's agent reads of the
+    Windows servicing stack (no pending CBS / TrustedInstaller operation; WUA RebootRequired)."""
+    return {"idle": settle.idle, "rebootRequired": settle.reboot_required, "detail": settle.detail}
+
+
+def settle_status(server: str, body: Any) -> SettleStatus:
+    """A CLC server answer as a SettleStatus. A control plane without `servicing` in our extension cannot see the
+    servicing stack: the server counts as idle once it is up (the boot id alone, as before issue 14)."""
+    status = server_status(server, body)
+    servicing = body[EXTENSION].get(SERVICING)
+    if servicing is None:
+        return SettleStatus(up=status.up, boot_id=status.boot_id, idle=status.up)
+    if not isinstance(servicing, dict):
+        raise FleetError(f"CLC get server {server}: malformed `{EXTENSION}.{SERVICING}` ({servicing!r})")
+    try:
+        return SettleStatus(up=status.up, boot_id=status.boot_id, idle=status.up and bool(servicing["idle"]),
+                            reboot_required=bool(servicing.get("rebootRequired", False)),
+                            detail=str(servicing.get("detail") or "")[:500])
+    except KeyError as exc:
+        raise FleetError(f"CLC get server {server}: malformed `{EXTENSION}.{SERVICING}` ({exc!r})") from None

@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.domain import packages
 from orchestrator.persistence import db, models
-from orchestrator.ports import Fleet, FleetRefused
+from orchestrator.ports import Fleet, FleetRefused, settled_by_status
 from orchestrator.settings import Settings
-from schemas.fleet import CycleReport, PackageRun, ServerStatus
+from schemas.fleet import CycleReport, PackageRun, ServerStatus, SettleStatus
+from schemas.hooks import CommandResult
 
 
 class RoutingFleet:
@@ -45,6 +46,11 @@ class RoutingFleet:
     def status(self, server: str) -> ServerStatus:
         return self.driver(server).status(server)
 
+    def settled(self, server: str) -> SettleStatus:
+        driver = self.driver(server)
+        settled = getattr(driver, "settled", None)
+        return settled(server) if settled is not None else settled_by_status(driver.status(server))
+
     def set_maintenance(self, server: str, on: bool, key: str) -> None:
         self.driver(server).set_maintenance(server, on, key)
 
@@ -62,6 +68,14 @@ class RoutingFleet:
 
     def cycle_result(self, server: str, key: str) -> CycleReport | None:
         return self.driver(server).cycle_result(server, key)
+
+    def run_command(self, server: str, key: str, command: str, timeout: float) -> CommandResult:
+        driver = self.driver(server)
+        run = getattr(driver, "run_command", None)
+        if run is None:
+            raise FleetRefused(f"{server}: its fleet driver cannot run commands on servers")
+        result: CommandResult = run(server, key, command, timeout)
+        return result
 
 
 def _inventory_lookup(sessions: sessionmaker[Session]) -> Callable[[str], str | None]:

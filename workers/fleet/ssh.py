@@ -41,8 +41,9 @@ from orchestrator.persistence import db, models
 from orchestrator.ports import FleetError, FleetRefused
 from orchestrator.settings import Settings
 from schemas import selection
-from schemas.fleet import CycleReport, PackageRun, PowerState, ResultCode, ServerStatus
-from workers.fleet import linux_cycle
+from schemas.fleet import CycleReport, PackageRun, PowerState, ResultCode, ServerStatus, SettleStatus
+from schemas.hooks import CommandResult
+from workers.fleet import linux_checks, linux_cycle, ssh_hooks
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class SshConfig:
     reboot_command: str = "systemctl reboot"
     yum_excludes: tuple[str, ...] = linux_cycle.DEFAULT_YUM_EXCLUDES
     apt_excludes: tuple[str, ...] = ()
+    settle_degraded: bool = True  # after a reboot, `systemctl is-system-running` degraded counts as settled
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SshConfig:
@@ -79,6 +81,7 @@ class SshConfig:
             reboot_command=settings.ssh_reboot_command,
             yum_excludes=tuple(settings.ssh_yum_excludes.split()),
             apt_excludes=tuple(settings.ssh_apt_excludes.split()),
+            settle_degraded=settings.ssh_settle_degraded,
         )
 
 
@@ -148,6 +151,20 @@ class SshFleet:
         return ServerStatus(name=server, os_type=os_type, power_state=PowerState.STARTED,
                             in_maintenance=info.in_maintenance, up=up, boot_id=boot_id, pending_reboot=pending)
 
+    def settled(self, server: str) -> SettleStatus:
+        """`systemctl is-system-running` (and the boot id) over SSH; not answering is not up."""
+        info = self._host(server)
+        try:
+            out = self._run(info, linux_checks.SETTLE_COMMAND, attempts=2, deadline=5.0)
+        except FleetRefused:
+            raise
+        except FleetError as error:
+            return SettleStatus(up=False, boot_id="", idle=False, detail=f"not answering over SSH ({error})")
+        try:
+            return linux_checks.parse_settle(out, self.config.settle_degraded)
+        except ValueError as error:
+            raise FleetError(f"{server}: {error}") from None
+
     def set_maintenance(self, server: str, on: bool, key: str) -> None:
         info = self._host(server)
         self._run(info, linux_cycle.maintenance_command(on, key))
@@ -160,6 +177,12 @@ class SshFleet:
 
     def power_off(self, server: str, key: str) -> None:
         raise FleetRefused(f"{server} is reached over SSH and has no control plane: it cannot be powered off")
+
+    def run_command(self, server: str, key: str, command: str, timeout: float) -> CommandResult:
+        """A hook's command as root, idempotent per key on the host (workers/fleet/ssh_hooks.py)."""
+        info = self._host(server)
+        out = self._run(info, ssh_hooks.invocation(key, command, timeout), stdin=ssh_hooks.WRAPPER)
+        return ssh_hooks.parse(server, out)
 
     def reboot(self, server: str, key: str) -> None:
         info = self._host(server)

@@ -4,15 +4,15 @@ Commands only translate: they parse arguments, call the service, print. Refusals
 exit non-zero (2 for bad input, 1 for refusals), never a stack trace.
 
 This module is the root app and its table of contents: the commands live in one module per group
-(runtime, patching, windows, users, simulator, ssh_hosts; what they share is in common) and are registered
-here, in the order `patchaas --help` lists them.
+(runtime, patching, windows, users, simulator, ssh_hosts, webhooks, hooks; what they share is in common) and are
+registered here, in the order `patchaas --help` lists them.
 """
 
 from __future__ import annotations
 
 import typer
 
-from orchestrator.entrypoints.cli import patching, runtime, simulator, webhooks
+from orchestrator.entrypoints.cli import hooks, patching, runtime, simulator, webhooks
 from orchestrator.entrypoints.cli.ssh_hosts import ssh_host_app
 from orchestrator.entrypoints.cli.users import account_app, user_app
 from orchestrator.entrypoints.cli.windows import window_app
@@ -40,6 +40,7 @@ app.add_typer(window_app, name="window")
 app.add_typer(account_app, name="account")
 app.add_typer(user_app, name="user")
 app.add_typer(webhooks.webhook_app, name="webhook")
+app.add_typer(hooks.hook_app, name="hook")
 
 
 def main() -> None:

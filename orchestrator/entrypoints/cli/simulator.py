@@ -91,6 +91,12 @@ def simulator(
     hide_package_results: Annotated[
         bool, typer.Option(help="packageRuns never says a run finished: results only via the report channel")
     ] = False,
+    rate_limit: Annotated[
+        float, typer.Option(help="requests/s per account; beyond it 429 with Retry-After (0: no limit)")
+    ] = 0.0,
+    rate_limit_burst: Annotated[
+        float | None, typer.Option(help="the rate limit's bucket size (default: one second's worth)")
+    ] = None,
     log_level: Annotated[str, typer.Option()] = "warning",
 ) -> None:
     """Serve a CLC API v2 subset over the simulated fleet, with fault injection (see docs/CLC_SIMULATOR.md)."""
@@ -103,7 +109,8 @@ def simulator(
         faults = clc_faults.Faults(error_rate=fault_5xx_rate, latency_ms=latency_ms, drop_rate=drop_rate,
                                    token_ttl_seconds=token_ttl, after_effect_share=after_effect_share, seed=seed,
                                    report_drop_rate=report_drop_rate, report_duplicate_rate=report_duplicate_rate,
-                                   hide_package_results=hide_package_results)
+                                   hide_package_results=hide_package_results, rate_limit=rate_limit,
+                                   rate_limit_burst=rate_limit_burst)
         sim_timings = factory.timings_for(settings.model_copy(update={"sim_timings": timings or settings.sim_timings}))
     except ValueError as exc:
         raise fail(str(exc), 2) from None
@@ -113,5 +120,6 @@ def simulator(
     users = clc_control_plane.users_from({user: secret}, alias)
     where = settings.sim_state_url or "memory"
     err.print(f"CLC simulator on http://{host}:{port}: {len(fleet.specs())} servers ({where}), user {user}, "
-              f"5xx {fault_5xx_rate:g}, latency {latency_ms:g} ms, drops {drop_rate:g}, token ttl {token_ttl:g}s")
+              f"5xx {fault_5xx_rate:g}, latency {latency_ms:g} ms, drops {drop_rate:g}, token ttl {token_ttl:g}s, "
+              f"rate limit {f'{rate_limit:g}/s per account' if rate_limit else 'off'}")
     clc_server.serve(clc_app.create_app(fleet, users, faults), host, port, log_level)

@@ -53,8 +53,9 @@ LANE_OF = {
     "powering_on": "power", "awaiting_power": "power", "restoring_power": "power",
     "entering_maintenance": "maintenance", "exiting_maintenance": "maintenance",
     "invoking_package": "update cycles", "awaiting_result": "update cycles",
-    "rebooting": "reboots", "awaiting_boot": "reboots",
+    "rebooting": "reboots", "awaiting_boot": "reboots", "settling": "reboots",
     "requested": "checks", "checking_pending_reboot": "checks",
+    "running_hooks": "checks",  # pre/post hooks (docs/HOOKS.md)
 }
 LANE_COLOURS = {"power": "#6a1b9a", "maintenance": "#ef6c00", "update cycles": "#1565c0", "reboots": "#00838f",
                 "checks": "#757575"}
@@ -102,8 +103,9 @@ def _label(state: str, cycle: int) -> str:
         "invoking_package": f"cycle {cycle}", "awaiting_result": f"cycle {cycle}",
         "rebooting": f"reboot after cycle {cycle}" if cycle else "pending reboot",
         "awaiting_boot": f"reboot after cycle {cycle}" if cycle else "pending reboot",
+        "settling": f"reboot after cycle {cycle}" if cycle else "pending reboot",  # the reboot's phase, settled
         "powering_on": "power on", "awaiting_power": "power on", "restoring_power": "power off again",
-        "requested": "inspect", "checking_pending_reboot": "pending reboot check",
+        "requested": "inspect", "checking_pending_reboot": "pending reboot check", "running_hooks": "hooks",
     }.get(state, state.replace("_", " "))
 
 

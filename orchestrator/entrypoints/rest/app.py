@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from orchestrator.bootstrap import Container
 from orchestrator.entrypoints import console
 from orchestrator.entrypoints.rest import compliance, errors, health, observability, reports, routes, ssh_hosts
+from orchestrator.entrypoints.rest import hooks as hook_routes
 from orchestrator.entrypoints.rest import webhooks as webhook_routes
 from orchestrator.services import auth
 from orchestrator.settings import Settings
@@ -61,6 +62,7 @@ def create_app(container: Container, *, auth_service: auth.AuthService | None = 
     app.include_router(reports.router)  # the update package's report channel (orchestrator/services/reports.py)
     app.include_router(ssh_hosts.router)  # operators register Linux servers' SSH details
     app.include_router(webhook_routes.router)  # webhook subscriptions and the event history (docs/HOOKS.md)
+    app.include_router(hook_routes.router)  # pre/post hooks per account (docs/HOOKS.md)
     app.include_router(console.router)  # the operator console at /console (docs/CONSOLE.md)
 
     def openapi() -> dict[str, Any]:

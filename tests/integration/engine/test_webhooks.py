@@ -28,8 +28,8 @@ from schemas.patching import PackageRequest
 from simulation import fleet as simulated
 from simulation.specs import Scenario, build_fleet_specs
 from simulation.store import MemoryStore
+from simulation.webhook_sink import Receiver
 from tests import support
-from tests.webhook_receiver import Receiver
 from workers import mail
 
 KEY = Fernet.generate_key().decode()

@@ -276,6 +276,11 @@ def test_execute_package_answers_each_server_on_its_own(world: World) -> None:
      "approveAfterDays: Value error, must be a whole number of days from 0 to 365"),
     ({"servers": [server(1)], "package": {**PACKAGE, "parameters": {"severities": "Critical,Urgent"}}},
      "not MSRC severities"),
+    ({"servers": [server(1)],
+      "package": {**PACKAGE, "parameters": {"healthChecks": [{"name": "web", "kind": "http"}]}}},
+     "healthChecks.0: Value error, http checks need `url`"),
+    ({"servers": [server(1)], "package": {**PACKAGE, "parameters": {"onHealthFailure": "shrug"}}},
+     "onHealthFailure: Input should be 'fail' or 'continue'"),
 ])
 def test_a_request_that_cannot_be_understood_is_refused_whole_with_400(world: World, body: object, word: str) -> None:
     answer = world.client.post("/v2/operations/osd/servers/executePackage", json=body, headers=world.login())
@@ -473,6 +478,8 @@ def test_openapi_is_served_without_a_token_and_documents_every_endpoint(world: W
         "/v2/patchaas/{alias}/webhooks/{webhookId}",
         "/v2/patchaas/{alias}/webhooks/{webhookId}/enable",
         "/v2/patchaas/{alias}/events",  # the account's event history, the audit trail
+        "/v2/patchaas/{alias}/hooks",  # pre/post hooks (docs/HOOKS.md)
+        "/v2/patchaas/{alias}/hooks/{name}",
         "/healthz",  # liveness and readiness: no token, no input
         "/readyz",
     }

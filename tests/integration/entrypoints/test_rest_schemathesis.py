@@ -21,10 +21,12 @@ from orchestrator.domain.rate_control import RateControl
 from orchestrator.entrypoints.rest import create_app
 from orchestrator.persistence import db
 from orchestrator.services import auth, inventory
+from orchestrator.services.hooks import HookService
 from orchestrator.services.webhooks import WebhookService, WebhookSpec
 from orchestrator.services.window_specs import WindowSpec
 from orchestrator.services.windows import WindowService
 from orchestrator.settings import DEFAULT_PACKAGE_ID
+from schemas.hooks import HookSpec
 from schemas.patching import PackageRequest
 from simulation import fleet as simulated
 from simulation.specs import Scenario, build_fleet_specs
@@ -63,6 +65,10 @@ OPERATIONS = [
     ("DELETE", "/v2/patchaas/{alias}/webhooks/{webhookId}"),
     ("POST", "/v2/patchaas/{alias}/webhooks/{webhookId}/enable"),
     ("GET", "/v2/patchaas/{alias}/events"),
+    ("PUT", "/v2/patchaas/{alias}/hooks/{name}"),
+    ("GET", "/v2/patchaas/{alias}/hooks"),
+    ("GET", "/v2/patchaas/{alias}/hooks/{name}"),
+    ("DELETE", "/v2/patchaas/{alias}/hooks/{name}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]
@@ -115,7 +121,9 @@ def world(pg: str) -> Iterator[World]:
         name="ops", url="https://hooks.example.com/x", secret_ref="env:OPS_HOOK_SECRET"), "test")
     real = {"alias": "OSD", "server": "VA1OSDPATCH01", "serverId": "VA1OSDPATCH02", "groupId": "va1-0001",
             "statusId": finished.lower(), "execution_id": finished, "running": running,
-            "windowId": str(window.id), "rolloutId": str(rollout), "webhookId": str(hook.id)}
+            "windowId": str(window.id), "rolloutId": str(rollout), "webhookId": str(hook.id), "name": "drain"}
+    HookService(wired.sessions, clock, None).put("OSD", "drain", HookSpec.model_validate(
+        {"kind": "command", "points": ["pre_maintenance"], "command": "echo drained"}), "test")
     yield World(wired, real)
     wired.close()
 

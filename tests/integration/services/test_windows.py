@@ -297,6 +297,8 @@ def test_rest_windows_create_list_get_delete(world: World, client: TestClient) -
     ({"cron": "0 22 * * 5"}, "exactly one schedule"),
     ({"maxConcurrency": "0%"}, "maxConcurrency must be a percentage between 1% and 100%"),
     ({"groups": [], "servers": []}, "a window needs targets"),
+    ({"package": {"packageId": DEFAULT_PACKAGE_ID, "parameters": {"healthChecks": [{"name": "db", "kind": "tcp"}]}}},
+     "healthChecks.0: Value error, tcp checks need `host`"),
 ])
 def test_rest_window_validation_is_a_clear_400(client: TestClient, change: dict[str, Any], message: str) -> None:
     answer = client.post("/v2/patchaas/osd/windows", json=WINDOW | change, headers=login(client, "jane"))

@@ -167,7 +167,8 @@ def test_get_server_has_clcs_shape_and_our_extension(sim: Sim) -> None:
     assert {"rel": "self", "href": f"/v2/servers/osd/{name.lower()}", "id": name.lower(), "verbs": ["GET"]} in (
         body["links"]
     )
-    assert body["patchaas"] == {"bootId": f"{name}-boot-1", "rebootPending": False, "up": True}
+    assert body["patchaas"] == {"bootId": f"{name}-boot-1", "rebootPending": False, "up": True,
+                                "servicing": {"idle": True, "rebootRequired": False, "detail": ""}}
 
 
 def test_an_unknown_server_is_404(sim: Sim) -> None:

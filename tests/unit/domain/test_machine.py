@@ -19,6 +19,7 @@ from orchestrator.domain.machine import (
     WAITING,
     Abandon,
     Abandoned,
+    CheckSettled,
     CycleReported,
     Decision,
     ExecutionView,
@@ -38,16 +39,18 @@ from orchestrator.domain.machine import (
     RebootServer,
     ServerInspected,
     SetMaintenance,
+    SettleChecked,
     State,
     TransitionError,
     command_for,
     decide,
     status_of,
 )
-from schemas.fleet import CycleReport, CycleState, PowerState, ResultCode, ServerStatus, UpdateResult
+from schemas.fleet import CycleReport, CycleState, PowerState, ResultCode, ServerStatus, SettleStatus, UpdateResult
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy()
+SETTLED = Policy(settle_period=timedelta(0))  # a reboot is settled at the first idle look (test_settle.py: the wait)
 EID = "VA1-123456"
 SERVER = "VA1OSDPATCH33"
 NORMAL_STATES = [s for s in State if s not in TERMINAL and s not in CLEANUP]
@@ -269,6 +272,12 @@ def test_no_pending_reboot_starts_cycle_one():
     assert d.initiation is None
 
 
+def settled(v: ExecutionView, at: datetime = T0, boot_id: str = "b2", policy: Policy = SETTLED) -> Decision:
+    """A view back from a reboot (SETTLING) after an idle look of its servicing stack (settle period 0)."""
+    assert v.state is State.SETTLING
+    return decide(v, SettleChecked(SettleStatus(up=True, boot_id=boot_id, idle=True)), at, policy)
+
+
 def test_back_from_pending_reboot_starts_cycle_one():
     v = view(
         State.AWAITING_BOOT,
@@ -278,6 +287,8 @@ def test_back_from_pending_reboot_starts_cycle_one():
         deadline_at=T0 + POLICY.reboot_timeout,
     )
     d = decide(v, ServerInspected(status(boot_id="b2")), T0, POLICY)
+    assert d.view.state is State.SETTLING and d.view.deadline_at == T0 + POLICY.reboot_timeout
+    d = settled(d.view)
     assert d.view.state is State.INVOKING_PACKAGE
     assert d.view.cycle == 1
     assert d.view.boot_id_before is None
@@ -525,7 +536,7 @@ def test_max_cycles_is_a_policy_setting():
 
 def test_reboot_after_the_last_allowed_cycle_fails_with_no_convergence():
     v = view(State.AWAITING_BOOT, cycle=10, boot_id_before="b1", deadline_at=T0 + POLICY.reboot_timeout)
-    d = decide(v, ServerInspected(status(boot_id="b2")), T0, POLICY)
+    d = settled(decide(v, ServerInspected(status(boot_id="b2")), T0, POLICY).view)
     assert d.view.state is State.EXITING_MAINTENANCE
     assert d.view.outcome is Outcome.FAILED
     assert d.view.failure_reason == "did not converge within 10 cycles (updates or a reboot were still pending)"
@@ -755,7 +766,7 @@ def test_server_back_with_a_new_boot_id_starts_the_next_cycle():
         reboot_reason="cycle 1 requires a reboot",
         deadline_at=T0 + timedelta(minutes=10),
     )
-    d = decide(v, ServerInspected(status(up=True, boot_id="b2")), T0, POLICY)
+    d = settled(decide(v, ServerInspected(status(up=True, boot_id="b2")), T0, POLICY).view)
     assert d.view.state is State.INVOKING_PACKAGE
     assert d.view.cycle == 2
     assert d.view.boot_id_before is None
@@ -789,6 +800,8 @@ def test_server_back_exactly_at_the_reboot_deadline_is_not_failed():
         State.AWAITING_BOOT, cycle=2, boot_id_before="b1", reboot_reason="cycle 2 requires a reboot", deadline_at=T0
     )
     d = decide(v, ServerInspected(status(up=True, boot_id="b2")), T0, POLICY)
+    assert d.view.state is State.SETTLING  # back in time; the settle wait is bounded by the same deadline
+    d = settled(d.view)
     assert d.view.state is State.INVOKING_PACKAGE
     assert d.view.cycle == 3
     assert d.view.outcome is None
@@ -1101,6 +1114,7 @@ def test_powered_off_server_path_restores_power_at_the_end():
         CycleReported(report([update("KB5000001", reboot=True)], reboot_required=True)),
         RebootRequested("b1"),
         ServerInspected(status(boot_id="b2")),
+        SettleChecked(SettleStatus(up=True, boot_id="b2", idle=True)),
         PackageInvoked(),
         CycleReported(report()),
         MaintenanceSet(False),
@@ -1108,7 +1122,7 @@ def test_powered_off_server_path_restores_power_at_the_end():
     ]
     d: Decision | None = None
     for event in steps:
-        d = decide(v, event, T0, POLICY)  # type: ignore[arg-type]
+        d = decide(v, event, T0, SETTLED)  # type: ignore[arg-type]
         v = d.view
         if visited[-1] is not v.state:
             visited.append(v.state)
@@ -1123,6 +1137,7 @@ def test_powered_off_server_path_restores_power_at_the_end():
         State.AWAITING_RESULT,
         State.REBOOTING,
         State.AWAITING_BOOT,
+        State.SETTLING,
         State.INVOKING_PACKAGE,
         State.AWAITING_RESULT,
         State.EXITING_MAINTENANCE,
@@ -1296,6 +1311,9 @@ def perform(server: FakeServer, command, data) -> object:
         case PollServer():
             server.maybe_finish_boot(data.draw(st.integers(0, 2), label="boot not done yet") != 2)
             return ServerInspected(server.status())
+        case CheckSettled():  # back from a reboot: the servicing stack is sometimes still busy
+            busy = data.draw(st.integers(0, 3), label="servicing stack busy") == 3
+            return SettleChecked(SettleStatus(up=server.up, boot_id=f"b{server.boot}", idle=server.up and not busy))
         case PowerOn():
             if server.power is not PowerState.STARTED:
                 server.power, server.booting, server.up = PowerState.STARTED, True, False
@@ -1344,6 +1362,7 @@ def test_random_runs_keep_the_invariants(power, pending_reboot, catalog, stuck, 
         package_timeout=timedelta(minutes=4),
         power_timeout=timedelta(minutes=3),
         poll_interval=timedelta(seconds=40),
+        settle_period=timedelta(seconds=50),
     )
     server = FakeServer(
         power=power, pending_reboot=pending_reboot, catalog=catalog, stuck=stuck, up=power is PowerState.STARTED

@@ -24,7 +24,7 @@ from orchestrator.domain.machine import (
     command_for,
     decide,
 )
-from schemas.fleet import CycleReport, CycleState, PowerState, ResultCode, ServerStatus, UpdateResult
+from schemas.fleet import CycleReport, CycleState, PowerState, ResultCode, ServerStatus, SettleStatus, UpdateResult
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy()
@@ -79,10 +79,14 @@ def finish_cycle(v: ExecutionView, *updates: UpdateResult, reboot: bool = False)
 
 
 def back_from_reboot(v: ExecutionView) -> Decision:
-    """REBOOTING → reboot requested → the server is back with a new boot id."""
+    """REBOOTING → reboot requested → the server is back with a new boot id → settled (idle for the period)."""
     waiting = decide(v, RebootRequested("b1"), T0, POLICY).view
     assert waiting.state is State.AWAITING_BOOT
-    return decide(waiting, ServerInspected(status(boot_id="b2")), T0, POLICY)
+    settling = decide(waiting, ServerInspected(status(boot_id="b2")), T0, POLICY).view
+    assert settling.state is State.SETTLING
+    idle = machine.SettleChecked(SettleStatus(up=True, boot_id="b2", idle=True))
+    settling = decide(settling, idle, T0, POLICY).view
+    return decide(settling, idle, T0 + POLICY.settle_period, POLICY)
 
 
 # --- scan only ----------------------------------------------------------------------------------

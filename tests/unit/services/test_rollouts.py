@@ -15,8 +15,8 @@ from orchestrator.domain.rate_control import (
     error_limit,
     parse_limit,
 )
-from orchestrator.services.rollouts import Member, MemberStatus, RolloutState, decide
-from schemas.fleet import PowerState, ServerStatus
+from orchestrator.services.rollouts import Member, MemberStatus, RolloutState, decide, member_status
+from schemas.fleet import PowerState, ServerStatus, SettleStatus
 
 NOW = datetime(2026, 11, 13, 21, 0, tzinfo=UTC)
 H, R, C, F, X = (MemberStatus.HELD, MemberStatus.RUNNING, MemberStatus.COMPLETED, MemberStatus.FAILED,
@@ -175,11 +175,23 @@ def test_no_new_cycle_starts_after_not_after() -> None:
                                                 power_state=PowerState.STARTED,
                                                 in_maintenance=True, pending_reboot=False, boot_id="boot-2",
                                                 up=True))
-    before = machine.decide(view, back, NOW, policy)
+    settling = machine.decide(view, back, NOW, policy).view  # back with a new boot id: settled first (issue 14)
+    assert settling.state is machine.State.SETTLING
+    idle = machine.SettleChecked(SettleStatus(up=True, boot_id="boot-2", idle=True))
+    settling = machine.decide(settling, idle, NOW, policy).view
+    before = machine.decide(settling, idle, NOW + policy.settle_period, policy)
     assert before.view.state is machine.State.INVOKING_PACKAGE and before.view.cycle == 3
-    after = machine.decide(view, back, not_after, policy)
+    after = machine.decide(settling, idle, not_after, policy)
     assert after.view.state is machine.State.EXITING_MAINTENANCE and after.view.outcome is machine.Outcome.CANCELLED
     assert after.view.failure_reason == (
         "the patch window closes at 2026-11-13 21:30 UTC (end minus cutoff): no new update cycle started after "
         "cycle 2; it resumes in the next window")
     assert after.view.cycle == 2
+
+
+def test_a_health_check_warning_counts_against_the_error_threshold() -> None:
+    """onHealthFailure continue completes the run with a warning; the rollout's gate still counts it as a failure."""
+    warned = member_status("completed", True, False, "warning: health check web failed after the last cycle")
+    assert warned is MemberStatus.FAILED
+    assert member_status("completed", True, False, None) is MemberStatus.COMPLETED
+    assert member_status("failed", True, False, "health check web failed") is MemberStatus.FAILED

@@ -24,6 +24,7 @@ from simulation.fleet import HRESULT_ALL_FAILED, SimTimings, SimulatedFleet
 from simulation.records import EffectKind
 from simulation.server_state import HRESULT_FATAL_INSTALL
 from simulation.specs import (
+    SETTLE_BEHAVIOURS,
     WINDOWS_BEHAVIOURS,
     Fault,
     Scenario,
@@ -440,8 +441,9 @@ def test_default_fleet_is_mostly_normal_with_every_scenario() -> None:
     specs = build_fleet_specs(seed=5, count=100)
     counts = Counter(s.scenario for s in specs)
     assert counts[Scenario.NORMAL] > 50
-    assert all(counts[scenario] >= 1 for scenario in Scenario if scenario not in WINDOWS_BEHAVIOURS)
-    assert not any(counts[scenario] for scenario in WINDOWS_BEHAVIOURS)  # asked for by name only
+    by_name = (*WINDOWS_BEHAVIOURS, *SETTLE_BEHAVIOURS)
+    assert all(counts[scenario] >= 1 for scenario in Scenario if scenario not in by_name)
+    assert not any(counts[scenario] for scenario in by_name)  # asked for by name only
     supported = [s for s in specs if s.scenario is not Scenario.UNSUPPORTED_OS]
     assert {s.os_type for s in supported} == SUPPORTED_OS_TYPES
     assert all(not is_supported(s.os_type) for s in specs if s.scenario is Scenario.UNSUPPORTED_OS)
@@ -459,7 +461,7 @@ def test_scenarios_can_be_asked_for() -> None:
 
 def test_demo_fleet_covers_every_scenario() -> None:
     specs = demo_fleet_specs()
-    assert 10 <= len(specs) <= 16
+    assert 10 <= len(specs) <= 18
     counts = Counter(s.scenario for s in specs)
     assert set(counts) == set(Scenario) - {Scenario.LONG_CYCLE} and counts[Scenario.NORMAL] >= 2
     assert demo_fleet_specs() == specs

@@ -56,6 +56,8 @@ def perform(fleet: SimulatedFleet, command: machine.Command, view: ExecutionView
             return machine.Abandoned(outcome, reason)
         case machine.InspectServer() | machine.PollServer():
             return machine.ServerInspected(fleet.status(server))
+        case machine.CheckSettled():
+            return machine.SettleChecked(fleet.settled(server))
         case machine.PowerOn(key=key):
             fleet.power_on(server, key)
             return machine.PowerOnRequested()

@@ -200,8 +200,35 @@ def test_a_4xx_is_never_retried_and_is_refused(fake: FakeClc, waits: Waits, driv
     assert len(fake.calls(SERVER_PATH)) == 1 and waits.seconds == []
 
 
-def test_throttling_answers_are_transient_but_not_retried_in_the_driver(fake: FakeClc, driver_factory: Driver) -> None:
-    fake.on(SERVER_PATH, httpx.Response(429, json={"message": "slow down"}))
+def test_a_429_is_retried_after_its_retry_after(fake: FakeClc, waits: Waits, driver_factory: Driver) -> None:
+    fake.on(SERVER_PATH, httpx.Response(429, headers={"Retry-After": "3"}, json={"message": "slow down"}),
+            httpx.Response(200, json=server_body()))
+    driver = driver_factory()
+    before = driver.limiter.rate
+    assert driver.status(SERVER).name == SERVER
+    assert len(fake.calls(SERVER_PATH)) == 2 and driver.throttled == 1 and driver.limiter.throttled == 1
+    waited = max(waits.seconds)  # (the others: the limiter's pacing at its lowered rate, a millisecond or two)
+    assert 3.0 <= waited <= 3.3  # what the control plane asked, plus at most 10% jitter; not the 0.1 s backoff
+    assert driver.limiter.rate < before  # the limiter slowed down
+
+
+def test_a_503_with_retry_after_waits_that_long(fake: FakeClc, waits: Waits, driver_factory: Driver) -> None:
+    fake.on(SERVER_PATH, httpx.Response(503, headers={"Retry-After": "5"}), httpx.Response(200, json=server_body()))
+    driver_factory().status(SERVER)
+    assert max(waits.seconds) >= 5.0
+
+
+def test_throttling_that_never_ends_is_transient(fake: FakeClc, waits: Waits, driver_factory: Driver) -> None:
+    fake.on(SERVER_PATH, httpx.Response(429, json={"message": "slow down"}))  # no Retry-After: a second each
+    with pytest.raises(FleetError, match="429") as raised:
+        driver_factory().status(SERVER)
+    assert not isinstance(raised.value, FleetRefused)
+    assert len(fake.calls(SERVER_PATH)) == 5  # max_attempts
+    assert sum(1.0 <= w <= 1.1 for w in waits.seconds) == 4  # a second before each retry
+
+
+def test_a_408_is_transient_and_not_retried_in_the_driver(fake: FakeClc, driver_factory: Driver) -> None:
+    fake.on(SERVER_PATH, httpx.Response(408, json={"message": "timeout"}))
     with pytest.raises(FleetError) as raised:
         driver_factory().status(SERVER)
     assert not isinstance(raised.value, FleetRefused)

@@ -1,6 +1,7 @@
 """A real webhook receiver on loopback (http.server in a thread) that verifies every request's signature as
-docs/HOOKS.md tells operators to, and records what it got. It can answer an error (`status`) or go away
-entirely (`stop`, then `start` again on the same port) to play an outage."""
+docs/HOOKS.md tells operators to, and records what it got: the demo's receiver (it prints what it got) and the
+tests'. It can answer an error (`status`) or go away entirely (`stop`, then `start` again on the same port)
+to play an outage. `on_event` is called for every request whose signature verified."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ class Received:
 class Receiver:
     """POST /hook: verify, record, answer `status` (200 unless told otherwise)."""
 
-    def __init__(self, secret: str, now: Callable[[], float] = time.time, port: int = 0) -> None:
+    def __init__(self, secret: str, now: Callable[[], float] = time.time, port: int = 0,
+                 on_event: Callable[[Received], None] | None = None) -> None:
         self.secret = secret
+        self.on_event = on_event
         self.now = now
         self.port = port
         self.status = 200
@@ -60,9 +63,12 @@ class Receiver:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 valid = webhooks.verify(receiver.secret, body, headers.get("x-patchaas-signature", ""),
                                         now=int(receiver.now()))
+                got = Received(headers, body, valid)
                 with receiver._lock:
-                    receiver.received.append(Received(headers, body, valid))
+                    receiver.received.append(got)
                     status = receiver.status if valid else 400
+                if valid and status < 300 and receiver.on_event is not None:
+                    receiver.on_event(got)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
