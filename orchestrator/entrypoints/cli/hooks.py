@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from orchestrator.entrypoints.cli.common import console, database_problem, fail
-from orchestrator.settings import Settings
+from orchestrator.entrypoints.cli.common import console, fail, with_keyed_service
 
 if TYPE_CHECKING:
     from orchestrator.services.hooks import HookInfo, HookService
@@ -27,26 +26,9 @@ hook_app = typer.Typer(help="Pre/post hooks of an account: commands on the serve
 
 def _call(action: Callable[[HookService], T]) -> T:
     """Run `action` on a HookService over PATCHAAS_DATABASE_URL; refusals and database trouble exit cleanly."""
-    import sqlalchemy as sa
-
-    from orchestrator.domain import naming
-    from orchestrator.persistence import db
-    from orchestrator.services.errors import ServiceError
     from orchestrator.services.hooks import HookService
 
-    settings = Settings()
-    sql = db.create_engine_for(settings.database_url)
-    keys = settings.webhook_key.get_secret_value() if settings.webhook_key else None
-    try:
-        return action(HookService(db.session_factory(sql), db.utcnow, keys))
-    except ServiceError as exc:
-        raise fail(exc.message, 2 if exc.status == 400 else 1) from None
-    except naming.NamingError as exc:
-        raise fail(str(exc), 2) from None
-    except sa.exc.SQLAlchemyError as exc:
-        raise database_problem(exc, settings.database_url) from None
-    finally:
-        sql.dispose()
+    return with_keyed_service(HookService, action)
 
 
 def _shown(info: HookInfo) -> dict[str, Any]:

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from orchestrator.entrypoints.cli.common import console, database_problem, fail
-from orchestrator.settings import Settings
+from orchestrator.entrypoints.cli.common import console, fail, with_keyed_service
 
 if TYPE_CHECKING:
     from orchestrator.services.webhooks import WebhookInfo, WebhookService
@@ -24,26 +23,9 @@ webhook_app = typer.Typer(help="Webhook subscriptions and the event history.", n
 
 def _call(action: Callable[[WebhookService], T]) -> T:
     """Run `action` on a WebhookService over PATCHAAS_DATABASE_URL; refusals and database trouble exit cleanly."""
-    import sqlalchemy as sa
-
-    from orchestrator.domain import naming
-    from orchestrator.persistence import db
-    from orchestrator.services.errors import ServiceError
     from orchestrator.services.webhooks import WebhookService
 
-    settings = Settings()
-    sql = db.create_engine_for(settings.database_url)
-    keys = settings.webhook_key.get_secret_value() if settings.webhook_key else None
-    try:
-        return action(WebhookService(db.session_factory(sql), db.utcnow, keys))
-    except ServiceError as exc:
-        raise fail(exc.message, 2 if exc.status == 400 else 1) from None
-    except naming.NamingError as exc:
-        raise fail(str(exc), 2) from None
-    except sa.exc.SQLAlchemyError as exc:
-        raise database_problem(exc, settings.database_url) from None
-    finally:
-        sql.dispose()
+    return with_keyed_service(WebhookService, action)
 
 
 def _print(info: WebhookInfo) -> None:
