@@ -334,3 +334,25 @@ def test_a_console_session_lasts_twelve_hours(world: World, jane: TestClient) ->
     assert jane.get("/console/overview", follow_redirects=False).status_code == 200
     world.clock.advance(timedelta(seconds=20).total_seconds())
     assert jane.get("/console/overview", follow_redirects=False).status_code == 303
+
+
+def test_the_detail_page_shows_the_runs_health_checks_and_hooks(world: World, jane: TestClient) -> None:  # noqa: F811
+    api = world.login()
+    hook = {"kind": "command", "points": ["pre_maintenance"], "command": "echo drained", "timeoutSeconds": 30}
+    assert world.client.put("/v2/patchaas/OSD/hooks/drain", json=hook, headers=api).status_code in (200, 201)
+    checks = [{"name": "iis", "kind": "service", "service": "W3SVC", "retries": 0}]
+    answer = world.client.post("/v2/operations/osd/servers/executePackage", headers=api, json={
+        "servers": [server(1)], "package": {**PACKAGE, "parameters": {"healthChecks": checks}}})
+    assert answer.status_code == 200, answer.text
+    execution_id = answer.json()[0]["executionId"]
+    world.drive()
+    detail = world.client.get(f"/rest/servers/osd/server/{server(1)}/patch/{execution_id}", headers=api).json()
+    assert detail["health_checks"] and detail["hooks"], detail
+    html = jane.get(f"/console/servers/{server(1)}/executions/{execution_id}").text
+    shown = re.findall(r'<tr data-check="([^"]+)" data-phase="([^"]+)" data-status="([^"]+)"', html)
+    assert shown == [(c["name"], c["phase"], c["status"]) for c in detail["health_checks"]]
+    assert ("iis", "baseline", "ok") in shown and ("iis", "final", "ok") in shown
+    hooks = re.findall(r'<tr data-hook="([^"]+)" data-point="([^"]+)" data-status="([^"]+)"', html)
+    expected = [(h["name"], h["point"], h["status"]) for h in detail["hooks"]]
+    assert hooks == expected == [("drain", "pre_maintenance", "ok")]
+    assert "drained" in html  # the hook's output
