@@ -18,6 +18,14 @@ go to an SMTP server on loopback. Workers, beat and the fault schedule:
   SIGKILLed and restarted, Redis frozen (SIGSTOP) longer than the broker socket timeout, once each; and
   duplicate `advance` / `deliver_email` messages are sent all along.
 
+Both runs also carry issue 14's outside world (tests/e2e/outside.py, as in the chaos test): a webhook
+subscription (every kind) to a loopback receiver that verifies every signature; `HOOKED` NORMAL servers past
+those of the crash rules carry an HTTP hook (post_cycle, post_run, onFailure warn) and an HTTP health check
+(onHealthFailure fail), the others `hooks: none`. A run ends once every execution ended, every email was sent
+and every webhook delivery answered; its invariants then include every event received at least once with a
+valid signature and one body per id, each hook at most once per point and per Idempotency-Key, and no run
+completed with a failed final health check.
+
 What a fault costs is measured, not assumed: a poller records when each execution's row version moves;
 the delay of an affected execution is the time from the fault (or from when its step was due, if later)
 to the next move. For a crash or a SIGKILL the affected executions are those whose lease the dead
@@ -46,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -57,6 +66,7 @@ from orchestrator.settings import Settings  # noqa: E402
 from simulation import faults  # noqa: E402
 from simulation.mailsink import MailSink  # noqa: E402
 from simulation.specs import Scenario, SimServerSpec, build_fleet_specs  # noqa: E402
+from tests.e2e import outside as outside_mod  # noqa: E402
 from tests.e2e.harness import (  # noqa: E402
     Cluster,
     PostgresServer,
@@ -102,6 +112,7 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     POISON: ("failed", "invoking the update package failed 5 times"),
 }
 EFFECT_STEPS = ("entering_maintenance", "invoking_package", "rebooting", "exiting_maintenance")
+HOOKED = 10  # NORMAL servers past the crash rules' whose runs carry the HTTP hook and the HTTP health check
 
 
 # --- progress: when each execution's row moved ------------------------------------------------------------
@@ -260,6 +271,9 @@ def run_once(label: str, url: str, redis: RedisServer, pg: PostgresServer, sink:
     sender = app_mod.create_app(settings)
     cluster = Cluster.for_test(url, redis.url, sink.url, workdir / label)
     cluster.env.update(SOAK_ENV)
+    key = Fernet.generate_key().decode()
+    cluster.env.update(outside_mod.ENV, PATCHAAS_WEBHOOK_KEY=key)
+    outside = outside_mod.Outside.start(url, key)  # the webhook subscription and the hook, before the first run
     crash_dir = workdir / label / "crashes"
     run = Run(label)
     progress = Progress(url).start()
@@ -274,7 +288,10 @@ def run_once(label: str, url: str, redis: RedisServer, pg: PostgresServer, sink:
 
     try:
         run.started = time.time()
-        answers = patching.execute_package_on_groups("OSD", ["va1-0001"])
+        hooked = [server for server, kind in plan.items() if kind == Scenario.NORMAL][8:8 + HOOKED]
+        answers = patching.execute_package("OSD", [s.name for s in specs if s.name not in hooked],
+                                           parameters={"hooks": "none"})
+        answers += patching.execute_package("OSD", hooked, parameters=outside.parameters())
         ids = {a.server: a.execution_id for a in answers if a.is_queued}
         refused = [a.server for a in answers if not a.is_queued]
         assert set(ids) == set(plan), f"not queued: {sorted(set(plan) - set(ids))}"
@@ -307,7 +324,7 @@ def run_once(label: str, url: str, redis: RedisServer, pg: PostgresServer, sink:
                 print(f"  [{label}] {elapsed:6.0f}s: {active} executions active, {unsent} emails unsent, "
                       f"{queue_length(redis)} messages queued", flush=True)
                 last_report = elapsed
-            if active == 0 and unsent == 0:
+            if active == 0 and unsent == 0 and outside_mod.webhooks_pending(url) == (0, 0):  # all delivered
                 if chaos and len(done) != len(schedule or {}):
                     print(f"  [{label}] ended before {sorted(set(schedule or {}) - done)} could be injected")
                 break
@@ -342,6 +359,8 @@ def run_once(label: str, url: str, redis: RedisServer, pg: PostgresServer, sink:
                                    powered_off={s for s, k in plan.items() if k == Scenario.POWERED_OFF},
                                    pending_reboot={s for s, k in plan.items() if k == Scenario.PENDING_REBOOT},
                                    messages=messages)
+        result_outside = outside_mod.check_outside(url, outside, {ids[s] for s in hooked}, verdict)
+        print(f"  [{label}] webhooks, hooks, health checks: {json.dumps(result_outside)}", flush=True)
         run.durations = durations(url)
         crashes = faults.crash_log(crash_dir) if chaos else []
         for crash in crashes:
@@ -362,6 +381,7 @@ def run_once(label: str, url: str, redis: RedisServer, pg: PostgresServer, sink:
         cluster.stop_all()
         progress.stop()
         patching.close()
+        outside.close()
 
 
 def inject(fault: str, run: Run, progress: Progress, cluster: Cluster, redis: RedisServer, pg: PostgresServer,

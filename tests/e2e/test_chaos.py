@@ -17,11 +17,25 @@ crash-restart them. Faults, in one run of about a minute:
   beat SIGKILLed and restarted, once;
 - duplicate `advance` and `deliver_email` messages for random executions and emails, all along.
 
-Then every invariant of issue 4 is checked per execution (`harness.check_invariants`). Faster tests below
-reach every window of every step in-process (one step per task, and in batches), and pin the fixes the chaos
-runs forced: a control-plane error after the intent backs off instead of holding the lease; a database blip
-during a save or an email's "sent" mark is ridden out; the tick spaces out re-sends of a stuck step. See
-docs/RELIABILITY.md.
+The same run carries issue 14's outside world, on loopback: a webhook subscription (every kind) to a receiver
+that verifies every signature; two NORMAL servers (outside the crash rules) whose runs carry an HTTP hook `lb`
+(post_cycle and post_run, onFailure warn, its secret header from an env: reference) and an HTTP health check
+(onHealthFailure fail); the other runs ask for `hooks: none`.
+
+Then every invariant of issue 4 is checked per execution (`harness.check_invariants`), and, once every event
+is fanned out and every delivery answered (a bounded wait), issue 14's (`tests/e2e/outside.py::check_outside`):
+every event of the log reached the receiver at least once with a valid signature, and all copies of one id
+carry one body (at least once, never "exactly once": a kill after the receiver's answer sends it again; a
+request cut off mid-body is not a delivery); each hook ran at most once per (execution, point, cycle, hook)
+and its receiver saw each Idempotency-Key at most once (an HTTP hook interrupted by a kill is `unknown`, never
+re-sent); every hook run `ok` or `unknown`, each `ok` one seen by the receiver; a completed hooked run ran
+post_cycle 1 and post_run; the hooked runs' health checks passed before and after; no run completed with a
+failed final health check.
+
+Faster tests below reach every window of every step in-process (one step per task, and in batches), and pin
+the fixes the chaos runs forced: a control-plane error after the intent backs off instead of holding the
+lease; a database blip during a save or an email's "sent" mark is ridden out; the tick spaces out re-sends of
+a stuck step. See docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -44,6 +58,7 @@ from typing import Any
 import psycopg2
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 
 from orchestrator import bootstrap
 from orchestrator.domain import machine
@@ -63,12 +78,15 @@ from tests.e2e.harness import (
     Cluster,
     PostgresServer,
     RedisServer,
+    Verdict,
     active_executions,
     check_invariants,
     install_fleet,
     pool_children,
     wait_until,
 )
+from tests.e2e.outside import ENV as OUTSIDE_ENV
+from tests.e2e.outside import Outside, check_outside, webhooks_pending
 from workers import app as app_mod
 from workers import mail
 
@@ -101,7 +119,10 @@ CHAOS_ENV = {
     "PATCHAAS_MAX_ATTEMPTS": "5",
     "PATCHAAS_SIM_ERROR_RATE": "0.03",  # the control plane fails 3 % of calls transiently
     "PATCHAAS_SETTLE_SECONDS": "0.5",
+    **OUTSIDE_ENV,  # webhooks to loopback, short retries, a killed send re-sent after 3 s; the hook's header
 }
+WEBHOOK_KEY = Fernet.generate_key().decode()
+HOOKED = 2  # NORMAL servers (outside the crash rules) whose runs carry the HTTP hook and the HTTP health check
 RANDOM_CRASHES = "after_intent:0.02,after_effect:0.02"
 CHAOS_WINDOW = 40.0  # seconds of random kills and duplicate messages
 REDIS_RESTART_AT = 7.0
@@ -257,11 +278,16 @@ def test_runs_survive_kills_restarts_and_duplicates(services: Services, mail_sin
     sender = app_mod.create_app(settings)
     cluster = Cluster.for_test(db_url, services.redis.url, mail_sink.url, services.workdir / "cluster")
     ledger = Ledger()
+    outside = Outside.start(db_url, WEBHOOK_KEY)  # the webhook subscription and the hook exist before the first run
     try:
-        answers = patching.execute_package_on_groups("OSD", ["va1-0001"])
+        hooked = [server for server, kind in plan.items() if kind == Scenario.NORMAL][6:6 + HOOKED]
+        answers = patching.execute_package("OSD", [s.name for s in specs if s.name not in hooked],
+                                           parameters={"hooks": "none"})
+        answers += patching.execute_package("OSD", hooked, parameters=outside.parameters())
         assert len(answers) == len(specs) and all(a.is_queued for a in answers)
         ids = {a.server: a.execution_id for a in answers}
         cluster.env.update(CHAOS_ENV)
+        cluster.env.update(PATCHAAS_WEBHOOK_KEY=WEBHOOK_KEY)
         cluster.env.update(PATCHAAS_CRASH_POINTS=_crash_rules(plan, ids), PATCHAAS_CRASH_SEED=str(SEED),
                            PATCHAAS_CRASH_STATE_DIR=str(crash_dir))
         for name in ("w1", "w2", "beat"):
@@ -322,7 +348,10 @@ def test_runs_survive_kills_restarts_and_duplicates(services: Services, mail_sin
                    + "\n" + cluster.log("w1")[-4000:])
         wait_until(lambda: outbox_pending() == 0, timeout=30, interval=0.5,
                    on_timeout=lambda: f"{outbox_pending()} emails still unsent")
-        ledger.note("all executions ended, all emails sent")
+        # at least once: wait (generously) until every event is fanned out and every delivery answered 2xx
+        wait_until(lambda: webhooks_pending(db_url) == (0, 0), timeout=120, interval=0.5,
+                   on_timeout=lambda: f"webhooks still pending (events, deliveries): {webhooks_pending(db_url)}")
+        ledger.note("all executions ended, all emails sent, all webhooks delivered")
         duration = time.monotonic() - ledger.started
         cluster.stop_all()
 
@@ -331,6 +360,7 @@ def test_runs_survive_kills_restarts_and_duplicates(services: Services, mail_sin
         with mail_sink.lock:
             messages = list(mail_sink.messages)
         report = _check(db_url, fleet, plan, ids, messages, crashes)
+        report.update(_check_outside(db_url, outside, {ids[s] for s in hooked}))
         report.update(
             seconds=round(duration, 1), worker_kills=ledger.worker_kills, pool_kills=ledger.child_kills,
             duplicate_messages=ledger.duplicates, redis_restarts=services.redis.restarts,
@@ -354,6 +384,7 @@ def test_runs_survive_kills_restarts_and_duplicates(services: Services, mail_sin
     finally:
         cluster.stop_all()
         patching.close()
+        outside.close()
 
 
 def _keep_timeline(db_url: str, ledger: Ledger, path: Path) -> None:
@@ -381,6 +412,18 @@ def _check(db_url: str, fleet: simulated.SimulatedFleet, plan: dict[str, str], i
     print("\n" + verdict.table())
     assert verdict.ok, "\n".join(verdict.failures()[:30])
     return {**verdict.counts, "after_email_crashes": sum(c["point"] == "after_email" for c in crashes)}
+
+
+def _check_outside(db_url: str, outside: Outside, hooked: set[str]) -> dict[str, object]:
+    """Issue 14's invariants on webhooks, hooks and health checks (tests/e2e/outside.py: check_outside)."""
+    verdict = Verdict()
+    counts = check_outside(db_url, outside, hooked, verdict)
+    print("\n" + verdict.table())
+    assert verdict.ok, "\n".join(verdict.failures()[:30])
+    return counts
+
+
+# --- webhooks, hooks and health checks during the chaos (issue 14) -------------------------------------
 
 
 # --- every window of every step, in one process, deterministically ------------------------------------
