@@ -175,11 +175,12 @@ class CrashHooks:
         fd = os.open(self.state_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            raw = os.read(fd, 64).decode().strip()
+            raw = os.pread(fd, 64, 0).decode().strip()
             count = (int(raw) if raw else 0) + 1
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.ftruncate(fd, 0)
-            os.write(fd, str(count).encode())
+            # one fixed-width write in place, never truncate-then-write: a process SIGKILLed between the two
+            # (the chaos test kills workers at random) left an empty file, the count restarted at 1 and a
+            # "fires exactly once" rule fired again
+            os.pwrite(fd, f"{count:020d}".encode(), 0)
             os.fsync(fd)
             return count
         finally:
